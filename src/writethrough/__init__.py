@@ -1,0 +1,158 @@
+"""writethrough: keep a cache current on every database write.
+
+    import writethrough
+
+    with writethrough.open(source="sqlite:///app.db", cache="memory://") as store:
+        result = store.put("user:42", {"name": "Alice", "balance": 400})
+        result.version, result.cache      # 1, CacheOutcome.UPDATED
+        store.get("user:42")              # {'name': 'Alice', 'balance': 400}
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .caches import open_cache
+from .errors import (
+    CacheError,
+    CacheTimeout,
+    CacheUnavailable,
+    ConfigError,
+    InvalidKeyError,
+    InvalidValueError,
+    SourceConflict,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+    WritethroughError,
+)
+from .protocol import OnEmpty
+from .repair import RetryPolicy
+from .serializers import BytesSerializer, JSONSerializer, Serializer
+from .sources import open_source
+from .store import (
+    CacheOutcome,
+    ProtocolName,
+    Settings,
+    Stats,
+    Store,
+    Strategy,
+    Versioned,
+    WriteResult,
+)
+
+__version__ = "0.1.0"
+_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+def open(
+    source: str = "sqlite:///writethrough.db",
+    cache: str = "memory://",
+    *,
+    strategy: Strategy = "write-through",
+    ttl: float = 300.0,
+    namespace: str = "default",
+    protocol: ProtocolName = "versioned",
+    serializer: Serializer | None = None,
+    ttl_jitter: float = 0.1,
+    tombstone_ttl: float | None = None,
+    lease_ttl: float = 2.0,
+    lease_wait: float = 0.1,
+    on_empty: OnEmpty = "tombstone",
+    write_budget: float = 0.05,
+    retry: RetryPolicy | None = None,
+    max_key_bytes: int = 1024,
+    max_value_bytes: int = 1 << 20,
+    repair_interval: float = 0.05,
+    repair_worker: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    source_options: dict[str, Any] | None = None,
+    cache_options: dict[str, Any] | None = None,
+) -> Store:
+    """Open a store over a source of truth and a cache.
+
+    - ``source``: ``sqlite:///path.db`` or ``postgresql://user@host:port/db``.
+    - ``cache``: ``memory://``, ``redis://host:port/db``, ``redis+cluster://host:port``.
+    - ``strategy``: ``"write-through"`` (update the key on a write) or
+      ``"invalidate"`` (replace it with a tombstone; the next read refills).
+    - ``ttl``: seconds a value lives in the cache (jittered down by up to
+      ``ttl_jitter``); required > 0 under both strategies: the last safety net.
+    - ``protocol``: ``"versioned"`` (conditional writes, leases, tombstones, the
+      failure ladder) or ``"naive"`` (plain SET / DEL, for comparison only).
+    - ``on_empty``: what a write-through stores on a key the cache does not hold:
+      a ``"tombstone"`` (safe against an evicted newer entry; the next read
+      misses) or the ``"value"`` (a hit, but see README: race 6).
+    - ``write_budget``: seconds the failure ladder may spend on one cache write.
+
+    Settings are validated before anything is opened; a bad one raises ConfigError.
+    """
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
+        )
+    settings = Settings(
+        strategy=strategy,
+        protocol=protocol,
+        ttl=ttl,
+        ttl_jitter=ttl_jitter,
+        tombstone_ttl=_default_tombstone_ttl(ttl) if tombstone_ttl is None else tombstone_ttl,
+        lease_ttl=lease_ttl,
+        lease_wait=lease_wait,
+        on_empty=on_empty,
+        write_budget=write_budget,
+        retry=retry or RetryPolicy(),
+        max_key_bytes=max_key_bytes,
+        max_value_bytes=max_value_bytes,
+        repair_interval=repair_interval,
+    )
+    opened_cache = open_cache(cache, **(cache_options or {}))
+    try:
+        opened_source = open_source(source, namespace=namespace, **(source_options or {}))
+    except BaseException:
+        opened_cache.close()
+        raise
+    return Store(
+        opened_source,
+        opened_cache,
+        namespace=namespace,
+        settings=settings,
+        serializer=serializer,
+        clock=clock,
+        repair_worker=repair_worker,
+    )
+
+
+def _default_tombstone_ttl(ttl: object) -> float:
+    """Tombstones live min(ttl, 30 s). A bad ttl is left for Settings to reject."""
+    if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
+        return min(float(ttl), 30.0)
+    return 30.0
+
+
+__all__ = [
+    "BytesSerializer",
+    "CacheError",
+    "CacheOutcome",
+    "CacheTimeout",
+    "CacheUnavailable",
+    "ConfigError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "JSONSerializer",
+    "RetryPolicy",
+    "Serializer",
+    "Settings",
+    "SourceConflict",
+    "SourceError",
+    "SourceTimeout",
+    "SourceUnavailable",
+    "Stats",
+    "Store",
+    "Versioned",
+    "WriteResult",
+    "WritethroughError",
+    "open",
+]

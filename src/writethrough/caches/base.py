@@ -1,0 +1,57 @@
+"""The one narrow interface every cache backend implements.
+
+A backend stores :class:`~writethrough.protocol.Entry` objects under string keys
+and applies the protocol's decisions *atomically*; it never decides policy
+(strategies, retries, the failure ladder): that is the store's job.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+
+
+class Cache(Protocol):
+    """A cache backend. Every method may raise a :class:`~writethrough.errors.CacheError`."""
+
+    name: str
+
+    def get(self, key: str) -> Entry | None:
+        """The entry under ``key``, or None. One round trip."""
+        ...
+
+    def write(
+        self,
+        key: str,
+        kind: Kind,
+        version: int,
+        payload: bytes,
+        *,
+        ttl: float,
+        tombstone_ttl: float,
+        on_empty: OnEmpty,
+    ) -> WriteOutcome:
+        """Conditional write of a committed version (``protocol.decide_write``), atomically."""
+        ...
+
+    def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+        """Take the fill lease if the key holds no value (``protocol.decide_lease``).
+
+        Returns the outcome and, for HIT, the value entry found.
+        """
+        ...
+
+    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+        """Store a loaded entry if the lease still allows it (``protocol.decide_fill``)."""
+        ...
+
+    def set(self, key: str, entry: Entry, *, ttl: float) -> None:
+        """Unconditional SET: only the naive protocol uses it."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Unconditional DEL: only the naive protocol (and tests) use it."""
+        ...
+
+    def close(self) -> None: ...

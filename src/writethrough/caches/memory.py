@@ -1,0 +1,193 @@
+"""The in-process cache: thread-safe, LRU-bounded by entries and bytes, TTLs on a passed-in clock.
+
+It runs the protocol's pure decisions under one lock, so it keeps exactly the
+semantics the Redis backend keeps with Lua on the server.
+
+    >>> cache = MemoryCache(max_entries=10_000, max_bytes=64 << 20)
+    >>> cache.write("k", Kind.VALUE, 1, b'"v"', ttl=60, tombstone_ttl=10, on_empty="value")
+    <WriteOutcome.STORED_VALUE: 'stored_value'>
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import ConfigError
+from ..protocol import (
+    Entry,
+    Kind,
+    LeaseOutcome,
+    OnEmpty,
+    WriteOutcome,
+    decide_fill,
+    decide_lease,
+    decide_write,
+)
+from ..urls import ParsedURL
+
+# Rough per-entry overhead (dict slot, tuple, Entry object), counted against max_bytes.
+ENTRY_OVERHEAD = 200
+
+
+class MemoryCache:
+    """An LRU + TTL cache of protocol entries, safe to share between threads.
+
+    ``clock`` returns seconds (monotonic); tests pass a fake one.
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int | None = 100_000,
+        max_bytes: int | None = 256 << 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_entries is not None and max_entries < 1:
+            raise ConfigError(f"max_entries must be >= 1, got {max_entries}")
+        if max_bytes is not None and max_bytes < 1:
+            raise ConfigError(f"max_bytes must be >= 1, got {max_bytes}")
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.clock = clock
+        self.evictions = 0
+        self._bytes = 0
+        self._data: OrderedDict[str, tuple[Entry, float, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._bytes
+
+    def get(self, key: str) -> Entry | None:
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[1] <= self.clock():
+                self._remove(key)
+                return None
+            self._data.move_to_end(key)
+            return item[0]
+
+    def write(
+        self,
+        key: str,
+        kind: Kind,
+        version: int,
+        payload: bytes,
+        *,
+        ttl: float,
+        tombstone_ttl: float,
+        on_empty: OnEmpty,
+    ) -> WriteOutcome:
+        with self._lock:
+            decision = decide_write(self._current(key), kind, version, payload, on_empty)
+            if decision.store is not None:
+                keep = ttl if decision.store.kind is Kind.VALUE else tombstone_ttl
+                self._put(key, decision.store, keep)
+            return decision.outcome
+
+    def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+        with self._lock:
+            current = self._current(key)
+            decision = decide_lease(current, token)
+            if decision.store is not None:
+                self._put(key, decision.store, lease_ttl)
+            return decision.outcome, current if decision.outcome is LeaseOutcome.HIT else None
+
+    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+        with self._lock:
+            store = decide_fill(self._current(key), token, entry)
+            if store is None:
+                return False
+            self._put(key, store, ttl)
+            return True
+
+    def set(self, key: str, entry: Entry, *, ttl: float) -> None:
+        with self._lock:
+            self._put(key, entry, ttl)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            if key in self._data:
+                self._remove(key)
+
+    def evict(self, key: str) -> bool:
+        """Drop ``key`` as memory pressure would (tests and the chaos tool use this)."""
+        with self._lock:
+            if key not in self._data:
+                return False
+            self._remove(key)
+            self.evictions += 1
+            return True
+
+    def clear(self) -> None:
+        """Forget everything, as a restarted cache would."""
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+    def close(self) -> None:
+        self.clear()
+
+    # -- under the lock ----------------------------------------------------------
+
+    def _current(self, key: str) -> Entry | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self.clock():
+            self._remove(key)
+            return None
+        return item[0]
+
+    def _put(self, key: str, entry: Entry, ttl: float) -> None:
+        size = len(key) + len(entry.payload) + ENTRY_OVERHEAD
+        old = self._data.pop(key, None)
+        if old is not None:
+            self._bytes -= old[2]
+        self._data[key] = (entry, self.clock() + ttl, size)
+        self._bytes += size
+        while (self.max_entries is not None and len(self._data) > self.max_entries) or (
+            self.max_bytes is not None and self._bytes > self.max_bytes and len(self._data) > 1
+        ):
+            oldest = next(iter(self._data))
+            self._remove(oldest)
+            self.evictions += 1
+
+    def _remove(self, key: str) -> None:
+        _, _, size = self._data.pop(key)
+        self._bytes -= size
+
+
+def from_url(url: ParsedURL, **options: Any) -> MemoryCache:
+    """``memory://?max_entries=100000&max_bytes=268435456``."""
+    if url.hosts or url.path:
+        raise ConfigError(f"memory cache URL takes no host or path: {url.url!r}")
+    unknown = set(url.query) - {"max_entries", "max_bytes"}
+    if unknown:
+        raise ConfigError(f"unknown memory cache option(s) {sorted(unknown)} in {url.url!r}")
+    kwargs: dict[str, Any] = {
+        "max_entries": url.option("max_entries", _positive_or_none, 100_000),
+        "max_bytes": url.option("max_bytes", _positive_or_none, 256 << 20),
+    }
+    kwargs.update(options)
+    return MemoryCache(**kwargs)
+
+
+def _positive_or_none(text: str) -> int | None:
+    if text.lower() in ("", "none", "0"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value

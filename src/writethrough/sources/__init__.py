@@ -1,0 +1,26 @@
+"""Sources of truth, registered by URL scheme and imported lazily."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Row, Source
+
+BACKENDS: dict[str, str] = {
+    "sqlite": "writethrough.sources.sqlite:from_url",
+    "postgresql": "writethrough.sources.postgres:from_url",
+    "postgres": "writethrough.sources.postgres:from_url",
+}
+
+
+def open_source(url: str, *, namespace: str, **options: Any) -> Source:
+    """Open the source named by ``url`` (``sqlite:///app.db``, ``postgresql://...``)."""
+    from ..urls import load_factory, parse_url
+
+    parsed = parse_url(url, kind="source", schemes=BACKENDS)
+    factory = load_factory(BACKENDS[parsed.scheme], parsed.scheme)
+    source: Source = factory(parsed, namespace=namespace, **options)
+    return source
+
+
+__all__ = ["BACKENDS", "Row", "Source", "open_source"]

@@ -1,0 +1,186 @@
+"""SQLite as the source of truth (stdlib sqlite3, WAL).
+
+Versions come from the same statement that writes the row
+(``INSERT ... ON CONFLICT DO UPDATE SET version = version + 1 RETURNING version``).
+SQLite serializes writers, so versions follow commit order. A delete keeps the
+row with a NULL value and a new version, so a re-insert never goes back.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import ConfigError, SourceConflict, SourceError, SourceTimeout, SourceUnavailable
+from ..urls import ParsedURL
+from .base import Row
+
+DEFAULT_TABLE = "writethrough_items"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+EXPECTED_COLUMNS = {"namespace", "key", "value", "version"}
+
+
+class SQLiteSource:
+    """Rows of one namespace in a SQLite file.
+
+        >>> src = SQLiteSource(":memory:", namespace="profiles")
+        >>> src.write("user:1", b'{"name":"Ann"}')
+        1
+    """
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        namespace: str,
+        table: str = DEFAULT_TABLE,
+        busy_timeout: float = 5.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        if not _IDENTIFIER.match(table):
+            raise ConfigError(f"table name {table!r} is not a plain SQL identifier")
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = path
+        self.namespace = namespace
+        self.table = table
+        self.busy_timeout = busy_timeout
+        self.synchronous = synchronous.upper()
+        self._local: Any = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        # An in-memory database exists per connection: share one, behind a lock.
+        self._shared_lock = threading.Lock() if path == ":memory:" else None
+        self._closed = False
+        t = table
+        self._sql_read = f"SELECT version, value FROM {t} WHERE namespace = ? AND key = ?"
+        self._sql_write = (
+            f"INSERT INTO {t} (namespace, key, value, version) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            f"version = {t}.version + 1 RETURNING version"
+        )
+        self._sql_delete = (
+            f"INSERT INTO {t} (namespace, key, value, version) VALUES (?, ?, NULL, 1) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET value = NULL, "
+            f"version = {t}.version + 1 RETURNING version"
+        )
+        with self._connection() as conn:
+            self._create_or_adopt(conn)
+
+    def read(self, key: str) -> Row:
+        with self._connection() as conn:
+            found = conn.execute(self._sql_read, (self.namespace, key)).fetchone()
+        if found is None:
+            return Row(0, None)
+        return Row(int(found[0]), None if found[1] is None else bytes(found[1]))
+
+    def write(self, key: str, payload: bytes) -> int:
+        with self._connection() as conn:
+            return int(conn.execute(self._sql_write, (self.namespace, key, payload)).fetchone()[0])
+
+    def delete(self, key: str) -> int:
+        with self._connection() as conn:
+            return int(conn.execute(self._sql_delete, (self.namespace, key)).fetchone()[0])
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    # -- I/O boundary ------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise SourceUnavailable("the SQLite source is closed")
+        try:
+            conn = getattr(self._local, "conn", None) or self._connect()
+            if self._shared_lock is None:
+                yield conn
+            else:
+                with self._shared_lock:
+                    yield conn
+        except sqlite3.Error as exc:
+            raise _map_error(exc, self.path) from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # autocommit: each statement is its own transaction
+            check_same_thread=False,  # one connection per thread; close() may run elsewhere
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        if self._shared_lock is None:
+            self._local.conn = conn
+        else:  # all threads use the one connection
+            self._local = _Everywhere(conn)
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    def _create_or_adopt(self, conn: sqlite3.Connection) -> None:
+        columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table})")}
+        if not columns:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self.table} ("
+                "namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB, "
+                "version INTEGER NOT NULL, PRIMARY KEY (namespace, key)) WITHOUT ROWID"
+            )
+        elif not columns >= EXPECTED_COLUMNS:
+            missing = sorted(EXPECTED_COLUMNS - columns)
+            raise ConfigError(
+                f"table {self.table!r} in {self.path} exists without column(s) {missing}; "
+                "use another table (?table=...)"
+            )
+
+
+class _Everywhere:
+    """A stand-in for threading.local that gives every thread the same connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+
+def _map_error(exc: sqlite3.Error, path: str) -> SourceError:
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError):
+        return SourceConflict(f"SQLite constraint violation: {text}")
+    if isinstance(exc, sqlite3.OperationalError):
+        if "locked" in text or "busy" in text:
+            return SourceTimeout(f"SQLite database {path} stayed locked: {text}")
+        if "unable to open" in text or "readonly" in text or "disk" in text:
+            return SourceUnavailable(f"cannot open SQLite database {path}: {text}")
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in text:
+        return SourceUnavailable(f"the SQLite source is closed: {text}")
+    return SourceError(f"SQLite error on {path}: {text}")
+
+
+def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``."""
+    if url.hosts:
+        raise ConfigError(
+            f"SQLite URL takes no host: {url.url!r} (use sqlite:///file.db or sqlite:////abs.db)"
+        )
+    if not url.path:
+        raise ConfigError(f"SQLite URL has no file path: {url.url!r}")
+    unknown = set(url.query) - {"table", "busy_timeout", "synchronous"}
+    if unknown:
+        raise ConfigError(f"unknown SQLite option(s) {sorted(unknown)} in {url.url!r}")
+    kwargs: dict[str, Any] = {
+        "table": url.query.get("table", DEFAULT_TABLE),
+        "busy_timeout": url.option("busy_timeout", float, 5.0),
+        "synchronous": url.query.get("synchronous", "NORMAL"),
+    }
+    kwargs.update(options)
+    return SQLiteSource(url.path, namespace=namespace, **kwargs)

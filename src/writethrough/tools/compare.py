@@ -1,0 +1,477 @@
+"""Replay one seeded workload under each strategy and measure what it costs.
+
+The scenario: "a user updates a profile and reads it right back", plus background
+reads over Zipf-popular keys. Each strategy gets a warm-up (one put, then one get,
+per key; not measured), then the same ops are replayed and timed.
+
+    >>> from writethrough.tools.compare import Workload, compare
+    >>> result = compare(workload=Workload(updates=300, keys=100))
+    >>> [s.extra_db_reads_per_write for s in result.strategies]
+    [0.0, 1.0]
+
+No terminal output here: the CLI (``writethrough compare``) renders the result.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import math
+import random
+import secrets
+import shutil
+import string
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import writethrough
+
+from ..errors import ConfigError
+from ..store import PROTOCOLS, STRATEGIES, ProtocolName, Store, Strategy
+from ..urls import parse_url
+
+OpKind = Literal["write", "read_back", "read"]
+Profile = dict[str, Any]
+Progress = Callable[[str, int, int], None]
+"""``progress(strategy, done, total)``: called now and then while a strategy runs."""
+
+UPDATES_PER_DAY = 1_000_000
+PROGRESS_EVERY = 250
+_BIO_ALPHABET = string.ascii_lowercase + "      "
+
+
+class Op(NamedTuple):
+    """One step of the workload: ``("write", key, value)``, ``("read_back", key)``, ``("read", key)``."""
+
+    kind: OpKind
+    key: str
+    value: Profile | None = None
+
+
+@dataclass(frozen=True)
+class Workload:
+    """The seeded workload's parameters.
+
+        >>> ops = generate(Workload(updates=10, keys=5, seed=1))
+        >>> ops[0].kind, ops[1].kind
+        ('write', 'read_back')
+
+    Writes pick a key uniformly (any user may edit a profile); background reads
+    pick keys with Zipf(``zipf_s``) popularity, key ``user:0`` the most popular.
+    """
+
+    updates: int = 5000
+    keys: int = 1000
+    reads_after_write: int = 1
+    background_reads_per_update: int = 4
+    zipf_s: float = 1.1
+    seed: int = 42
+    value_bytes: int = 200
+
+    def __post_init__(self) -> None:
+        for name, low in (("updates", 1), ("keys", 1), ("reads_after_write", 0),
+                          ("background_reads_per_update", 0), ("value_bytes", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
+        s = self.zipf_s
+        if not isinstance(s, int | float) or isinstance(s, bool) or not math.isfinite(s) or s < 0:
+            raise ConfigError(f"zipf_s must be a finite number >= 0, got {s!r}")
+
+    def key(self, index: int) -> str:
+        return f"user:{index}"
+
+
+def _profile(rng: random.Random, workload: Workload, index: int, revision: int) -> Profile:
+    """A profile dict whose compact JSON is about ``workload.value_bytes`` long."""
+    profile: Profile = {
+        "name": f"User {index}",
+        "balance": rng.randint(0, 1_000_000),
+        "revision": revision,
+        "bio": "",
+    }
+    size = len(json.dumps(profile, separators=(",", ":")))
+    profile["bio"] = "".join(rng.choices(_BIO_ALPHABET, k=max(0, workload.value_bytes - size)))
+    return profile
+
+
+def initial_profiles(workload: Workload) -> list[tuple[str, Profile]]:
+    """The warm-up values, one per key, deterministic from the seed."""
+    rng = random.Random(f"warmup-{workload.seed}")
+    return [(workload.key(i), _profile(rng, workload, i, 0)) for i in range(workload.keys)]
+
+
+def generate(workload: Workload) -> list[Op]:
+    """The ops of ``workload``, the same for the same parameters (``random.Random(seed)``).
+
+    Per update: one write, ``reads_after_write`` read-backs of that key, then
+    ``background_reads_per_update`` background reads over Zipf-popular keys.
+    """
+    rng = random.Random(workload.seed)
+    weights = [1.0 / rank**workload.zipf_s for rank in range(1, workload.keys + 1)]
+    cumulative = list(itertools.accumulate(weights))
+    total = cumulative[-1]
+    ops: list[Op] = []
+    for update in range(workload.updates):
+        index = rng.randrange(workload.keys)
+        key = workload.key(index)
+        ops.append(Op("write", key, _profile(rng, workload, index, update + 1)))
+        ops.extend(Op("read_back", key) for _ in range(workload.reads_after_write))
+        for _ in range(workload.background_reads_per_update):
+            pick = bisect.bisect_left(cumulative, rng.random() * total)
+            ops.append(Op("read", workload.key(min(pick, workload.keys - 1))))
+    return ops
+
+
+@dataclass
+class StrategyResult:
+    """What one strategy did over the measured phase (warm-up excluded).
+
+        >>> r.extra_db_reads_per_write, r.stale_reads      # doctest: +SKIP
+        (1.0, 0)
+    """
+
+    strategy: str
+    protocol: str
+    writes: int = 0
+    reads: int = 0
+    read_backs: int = 0
+    background_reads: int = 0
+    hits: int = 0
+    misses: int = 0
+    db_reads: int = 0
+    read_back_db_reads: int = 0
+    background_db_reads: int = 0
+    background_misses: int = 0
+    stale_reads: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    write_p50_us: float = 0.0
+    write_p99_us: float = 0.0
+    read_p50_us: float = 0.0
+    read_p99_us: float = 0.0
+    read_back_p50_us: float = 0.0
+    read_back_p99_us: float = 0.0
+    elapsed_s: float = 0.0
+    namespace: str = ""
+
+    @property
+    def hit_ratio(self) -> float:
+        looked = self.hits + self.misses
+        return self.hits / looked if looked else 0.0
+
+    @property
+    def extra_db_reads_per_write(self) -> float:
+        """DB reads caused by read-back gets, per write."""
+        return self.read_back_db_reads / self.writes if self.writes else 0.0
+
+    @property
+    def background_db_reads_per_write(self) -> float:
+        return self.background_db_reads / self.writes if self.writes else 0.0
+
+    @property
+    def background_miss_ratio(self) -> float:
+        return self.background_misses / self.background_reads if self.background_reads else 0.0
+
+    @property
+    def extra_db_queries_per_day(self) -> float:
+        """Read-back DB reads extrapolated to 1,000,000 updates/day."""
+        return self.extra_db_reads_per_write * UPDATES_PER_DAY
+
+    @property
+    def background_db_queries_per_day(self) -> float:
+        return self.background_db_reads_per_write * UPDATES_PER_DAY
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(
+            hit_ratio=round(self.hit_ratio, 6),
+            extra_db_reads_per_write=round(self.extra_db_reads_per_write, 6),
+            background_db_reads_per_write=round(self.background_db_reads_per_write, 6),
+            background_miss_ratio=round(self.background_miss_ratio, 6),
+            extra_db_queries_per_day_at_1m_updates=round(self.extra_db_queries_per_day),
+            background_db_queries_per_day_at_1m_updates=round(self.background_db_queries_per_day),
+            elapsed_s=round(self.elapsed_s, 3),
+        )
+        return data
+
+
+@dataclass
+class CompareResult:
+    """All strategies' results for one workload.
+
+        >>> result = compare(workload=Workload(updates=300, keys=100))
+        >>> result.get("invalidate").extra_db_reads_per_write
+        1.0
+        >>> sorted(result.to_json())
+        ['strategies', 'workload']
+    """
+
+    workload: Workload
+    strategies: list[StrategyResult]
+    source: str
+    cache: str
+    protocol: str
+    ttl: float
+    source_temporary: bool
+
+    def get(self, strategy: str) -> StrategyResult:
+        for result in self.strategies:
+            if result.strategy == strategy:
+                return result
+        raise KeyError(strategy)
+
+    def to_json(self) -> dict[str, Any]:
+        workload = asdict(self.workload)
+        workload.update(
+            source=self.source,
+            source_temporary=self.source_temporary,
+            cache=self.cache,
+            protocol=self.protocol,
+            ttl=self.ttl,
+            warmup="one put, then one get, per key before each strategy; not measured",
+            updates_per_day_extrapolated=UPDATES_PER_DAY,
+        )
+        return {"strategies": [s.to_json() for s in self.strategies], "workload": workload}
+
+    def extrapolation(self) -> str:
+        """One sentence: extra DB queries/day at 1,000,000 updates/day, per strategy."""
+        ranked = sorted(self.strategies, key=lambda s: -s.extra_db_queries_per_day)
+        parts = [f"{s.strategy} ~{round(s.extra_db_queries_per_day):,}" for s in ranked]
+        if parts:
+            parts[0] = parts[0].replace(" ~", " costs ~", 1) + " extra DB queries/day"
+        return f"At {UPDATES_PER_DAY:,} updates/day, " + "; ".join(parts) + "."
+
+    def background_note(self) -> str:
+        """The background reads' own DB queries, reported apart from the read-backs'."""
+        parts = [
+            f"{s.strategy} ~{round(s.background_db_queries_per_day):,}/day "
+            f"(miss ratio {s.background_miss_ratio:.2%})"
+            for s in self.strategies
+        ]
+        return f"Background reads' own DB queries at {UPDATES_PER_DAY:,} updates/day (apart): " + "; ".join(parts) + "."
+
+
+def _percentile_us(sorted_ns: Sequence[int], pct: float) -> float:
+    """Nearest-rank percentile of nanosecond samples, in microseconds."""
+    if not sorted_ns:
+        return 0.0
+    rank = max(1, math.ceil(pct / 100 * len(sorted_ns)))
+    return round(sorted_ns[rank - 1] / 1000, 3)
+
+
+def run_strategy(
+    store: Store,
+    ops: Sequence[Op],
+    *,
+    warmup: Sequence[tuple[str, Profile]] = (),
+    progress: Progress | None = None,
+) -> StrategyResult:
+    """Warm ``store`` up with ``warmup`` (not measured), then replay and time ``ops``.
+
+    A get is a stale read when its version is older than the last version a put
+    of that key returned. DB reads are counted from ``store.stats`` deltas.
+    """
+    stats = store.stats
+    strategy = store.settings.strategy
+    result = StrategyResult(strategy, store.settings.protocol, namespace=store.namespace)
+    total = len(warmup) * 2 + len(ops)
+    acked: dict[str, int] = {}
+    for key, value in warmup:  # every key exists in the DB...
+        acked[key] = store.put(key, value).version
+    for key, _ in warmup:  # ...and is cached
+        store.get_versioned(key)
+    if progress is not None:
+        progress(strategy, len(warmup) * 2, total)
+
+    outcomes: Counter[str] = Counter()
+    write_ns: list[int] = []
+    read_ns: list[int] = []
+    read_back_ns: list[int] = []
+    clock = time.perf_counter_ns
+    before = stats.snapshot()
+    started = time.perf_counter()
+    for done, op in enumerate(ops, 1):
+        if op.kind == "write":
+            t0 = clock()
+            written = store.put(op.key, op.value)
+            write_ns.append(clock() - t0)
+            acked[op.key] = written.version
+            outcomes[written.cache.value] += 1
+        else:
+            reads0, misses0 = stats.source_reads, stats.misses
+            t0 = clock()
+            found = store.get_versioned(op.key)
+            elapsed = clock() - t0
+            db_reads = stats.source_reads - reads0
+            read_ns.append(elapsed)
+            if (0 if found is None else found.version) < acked.get(op.key, 0):
+                result.stale_reads += 1
+            if op.kind == "read_back":
+                read_back_ns.append(elapsed)
+                result.read_back_db_reads += db_reads
+            else:
+                result.background_reads += 1
+                result.background_db_reads += db_reads
+                result.background_misses += stats.misses - misses0
+        if progress is not None and done % PROGRESS_EVERY == 0:
+            progress(strategy, len(warmup) * 2 + done, total)
+    result.elapsed_s = time.perf_counter() - started
+    after = stats.snapshot()
+    if progress is not None:
+        progress(strategy, total, total)
+
+    result.writes = len(write_ns)
+    result.reads = len(read_ns)
+    result.read_backs = len(read_back_ns)
+    result.hits = after["hits"] - before["hits"]
+    result.misses = after["misses"] - before["misses"]
+    result.db_reads = after["source_reads"] - before["source_reads"]
+    result.outcomes = dict(sorted(outcomes.items()))
+    for samples in (write_ns, read_ns, read_back_ns):
+        samples.sort()
+    result.write_p50_us = _percentile_us(write_ns, 50)
+    result.write_p99_us = _percentile_us(write_ns, 99)
+    result.read_p50_us = _percentile_us(read_ns, 50)
+    result.read_p99_us = _percentile_us(read_ns, 99)
+    result.read_back_p50_us = _percentile_us(read_back_ns, 50)
+    result.read_back_p99_us = _percentile_us(read_back_ns, 99)
+    return result
+
+
+def _redact(url: str, kind: str) -> str:
+    from ..caches import BACKENDS as CACHES
+    from ..sources import BACKENDS as SOURCES
+
+    return parse_url(url, kind=kind, schemes=SOURCES if kind == "source" else CACHES).redacted()
+
+
+def compare(
+    source_url: str | None = None,
+    cache_url: str = "memory://",
+    workload: Workload | None = None,
+    strategies: Sequence[Strategy] = STRATEGIES,
+    protocol: ProtocolName = "versioned",
+    *,
+    ttl: float = 300.0,
+    progress: Progress | None = None,
+) -> CompareResult:
+    """Run ``workload`` under each of ``strategies``, each in a fresh namespace.
+
+    ``source_url=None`` uses a fresh SQLite file in a temporary directory, deleted
+    afterwards. Raises ConfigError (and other WritethroughErrors) on bad settings.
+    """
+    workload = workload or Workload()
+    if not strategies:
+        raise ConfigError("give at least one strategy")
+    for name in strategies:
+        if name not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {name!r}; use one of {STRATEGIES}")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    tmpdir = None
+    if source_url is None:
+        tmpdir = tempfile.mkdtemp(prefix="writethrough-compare-")
+        source_url = f"sqlite:///{Path(tmpdir, 'compare.db')}"
+    try:
+        shown_source = _redact(source_url, "source")
+        shown_cache = _redact(cache_url, "cache")
+        ops = generate(workload)
+        warmup = initial_profiles(workload)
+        results: list[StrategyResult] = []
+        for name in strategies:
+            namespace = f"compare-{name}-{workload.seed}-{secrets.token_hex(4)}"
+            with writethrough.open(
+                source=source_url,
+                cache=cache_url,
+                strategy=name,
+                protocol=protocol,
+                ttl=ttl,
+                namespace=namespace,
+            ) as store:
+                results.append(run_strategy(store, ops, warmup=warmup, progress=progress))
+    finally:
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+    return CompareResult(
+        workload=workload,
+        strategies=results,
+        source=shown_source,
+        cache=shown_cache,
+        protocol=protocol,
+        ttl=ttl,
+        source_temporary=tmpdir is not None,
+    )
+
+
+def save_plot(result: CompareResult, path: str | Path) -> None:
+    """Draw bars per strategy (extra DB reads/write, hit ratio, write and read p50/p99) to ``path``.
+
+    Needs matplotlib (``pip install 'writethrough[plot]'``); uses the Agg canvas,
+    never pyplot, so no global backend is changed.
+    """
+    figure_cls, canvas_cls = _matplotlib()
+    names = [s.strategy for s in result.strategies]
+    xs = list(range(len(names)))
+    fig = figure_cls(figsize=(13, 3.6), layout="constrained")
+    canvas_cls(fig)
+    axes = fig.subplots(1, 4)
+    ax = axes[0]
+    extra = [s.extra_db_reads_per_write for s in result.strategies]
+    background = [s.background_db_reads_per_write for s in result.strategies]
+    ax.bar(xs, extra, color="tab:red", label="read-back")
+    bars = ax.bar(xs, background, bottom=extra, color="tab:gray", label="background")
+    ax.bar_label(bars, labels=[f"{e:.2f} + {b:.2f}" for e, b in zip(extra, background, strict=True)])
+    ax.set_ylim(0, max([1.0, *(e + b for e, b in zip(extra, background, strict=True))]) * 1.15)
+    ax.set_title("extra DB reads per write")
+    ax.legend(fontsize="small", loc="upper left")
+    bars = axes[1].bar(xs, [s.hit_ratio for s in result.strategies], color="tab:green")
+    axes[1].bar_label(bars, fmt="%.3f")
+    axes[1].set_ylim(0, 1.15)
+    axes[1].set_title("hit ratio")
+    for ax, what in ((axes[2], "write"), (axes[3], "read")):
+        width = 0.38
+        for offset, pct in ((-width / 2, "p50"), (width / 2, "p99")):
+            values = [float(getattr(s, f"{what}_{pct}_us")) for s in result.strategies]
+            ax.bar([x + offset for x in xs], values, width, label=pct)
+        ax.set_title(f"{what} latency (µs)")
+        ax.legend(fontsize="small")
+    for ax in axes:
+        ax.set_xticks(xs, names)
+    w = result.workload
+    fig.suptitle(
+        f"writethrough compare: {w.updates:,} updates, {w.keys:,} keys, "
+        f"{w.reads_after_write} read-back(s)/write, seed {w.seed}, protocol {result.protocol}"
+    )
+    fig.savefig(path, dpi=100)
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas, or a ConfigError saying how to install it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(
+            f"--plot needs matplotlib, which is not installed ({exc.name}); "
+            "install it with: pip install 'writethrough[plot]'"
+        ) from exc
+    return Figure, FigureCanvasAgg
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Fail early (before a long run) if ``path`` cannot be plotted to."""
+    _, canvas_cls = _matplotlib()
+    target = Path(path)
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix not in canvas_cls.get_supported_filetypes():
+        raise ConfigError(f"cannot plot to {str(path)!r}: use a .png (or .svg, .pdf) file name")
+    if not target.parent.is_dir():
+        raise ConfigError(f"cannot plot to {str(path)!r}: directory {str(target.parent)!r} is missing")

@@ -1,0 +1,131 @@
+"""Fixtures: one behaviour suite over every cache x source, real servers included.
+
+Servers come from ``WRITETHROUGH_REDIS_URL`` / ``WRITETHROUGH_REDIS_CLUSTER_URL`` /
+``WRITETHROUGH_POSTGRES_URL`` when set, else throwaway ones started from the
+installed binaries (tests/servers.py), else the tests that need them are skipped
+with the reason -- or fail, when ``WRITETHROUGH_REQUIRE_SERVERS=1`` (CI).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import writethrough  # noqa: E402
+from servers import (  # noqa: E402
+    ClusterServer,
+    PostgresServer,
+    RedisServer,
+    ServerUnavailable,
+    postgres_server,
+    redis_cluster,
+    redis_server,
+    unavailable,
+)
+
+def _implemented(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+# Every backend the package ships; one whose server is missing skips (or fails in CI).
+CACHES = ["memory"] + (["redis", "cluster"] if _implemented("writethrough.caches.redis") else [])
+SOURCES = ["sqlite"] + (["postgres"] if _implemented("writethrough.sources.postgres") else [])
+_counter = itertools.count()
+
+
+def _server(factory: Callable[[], Any]) -> Iterator[Any]:
+    try:
+        manager = factory()
+        server = manager.__enter__()
+    except ServerUnavailable as exc:
+        yield exc
+        return
+    try:
+        yield server
+    finally:
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def _redis_session() -> Iterator[Any]:
+    yield from _server(redis_server)
+
+
+@pytest.fixture(scope="session")
+def _cluster_session() -> Iterator[Any]:
+    yield from _server(redis_cluster)
+
+
+@pytest.fixture(scope="session")
+def _postgres_session() -> Iterator[Any]:
+    yield from _server(postgres_server)
+
+
+@pytest.fixture
+def redis_srv(_redis_session: Any) -> RedisServer:
+    if isinstance(_redis_session, ServerUnavailable):
+        unavailable(f"Redis: {_redis_session}")
+    server: RedisServer = _redis_session
+    return server
+
+
+@pytest.fixture
+def cluster_srv(_cluster_session: Any) -> ClusterServer:
+    if isinstance(_cluster_session, ServerUnavailable):
+        unavailable(f"Redis Cluster: {_cluster_session}")
+    server: ClusterServer = _cluster_session
+    return server
+
+
+@pytest.fixture
+def postgres_srv(_postgres_session: Any) -> PostgresServer:
+    if isinstance(_postgres_session, ServerUnavailable):
+        unavailable(f"PostgreSQL: {_postgres_session}")
+    server: PostgresServer = _postgres_session
+    return server
+
+
+def unique_namespace(prefix: str = "t") -> str:
+    return f"{prefix}{os.getpid()}x{next(_counter)}"
+
+
+@pytest.fixture(params=CACHES)
+def cache_url(request: pytest.FixtureRequest) -> str:
+    kind = request.param
+    if kind == "memory":
+        return "memory://"
+    if kind == "redis":
+        return str(request.getfixturevalue("redis_srv").url)
+    return str(request.getfixturevalue("cluster_srv").url)
+
+
+@pytest.fixture(params=SOURCES)
+def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/wt.db"
+    return str(request.getfixturevalue("postgres_srv").url)
+
+
+@pytest.fixture
+def make_store(cache_url: str, source_url: str) -> Iterator[Callable[..., writethrough.Store]]:
+    """Open stores on the parametrized cache x source; each gets its own namespace."""
+    opened: list[writethrough.Store] = []
+
+    def make(**options: Any) -> writethrough.Store:
+        options.setdefault("namespace", unique_namespace())
+        store = writethrough.open(source=source_url, cache=cache_url, **options)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()

@@ -1,0 +1,135 @@
+"""The behaviour suite: runs on every cache x source (see conftest)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+import writethrough
+from writethrough import CacheOutcome, Store
+
+MakeStore = Callable[..., Store]
+
+
+def evict(store: Store, key: str) -> None:
+    """Drop the key as memory pressure or expiry would (a bare DEL on the server)."""
+    store.cache.delete(f"wt:{store.namespace}:{key}")
+
+
+def warm(store: Store, key: str, value: object) -> None:
+    store.put(key, value)
+    store.get(key)
+
+
+def test_put_get_delete_round_trip_with_versions_from_the_database(make_store: MakeStore) -> None:
+    store = make_store()
+    first = store.put("user:42", {"name": "Alice", "balance": 400})
+    assert first.version == 1
+    assert store.get("user:42") == {"name": "Alice", "balance": 400}
+    second = store.put("user:42", {"name": "Alice", "balance": 500})
+    assert second.version == 2
+    assert store.get("user:42") == {"name": "Alice", "balance": 500}
+    deleted = store.delete("user:42")
+    assert deleted.version == 3
+    assert store.get("user:42") is None
+    assert store.get("user:42", "gone") == "gone"
+    again = store.put("user:42", {"name": "Bob"})
+    assert again.version == 4, "a re-insert after a delete never goes back"
+    assert store.get_versioned("user:42") == writethrough.Versioned({"name": "Bob"}, 4)
+
+
+def test_write_through_makes_the_next_read_a_hit(make_store: MakeStore) -> None:
+    store = make_store(strategy="write-through")
+    warm(store, "k", 1)
+    before = store.stats.snapshot()
+    result = store.put("k", 2)
+    assert result.cache is CacheOutcome.UPDATED
+    assert store.get("k") == 2
+    after = store.stats.snapshot()
+    assert after["hits"] - before["hits"] == 1
+    assert after["source_reads"] == before["source_reads"]
+
+
+def test_invalidate_costs_one_miss_then_refills(make_store: MakeStore) -> None:
+    store = make_store(strategy="invalidate")
+    warm(store, "k", 1)
+    before = store.stats.snapshot()
+    assert store.put("k", 2).cache is CacheOutcome.INVALIDATED
+    assert store.get("k") == 2
+    assert store.get("k") == 2
+    after = store.stats.snapshot()
+    assert after["source_reads"] - before["source_reads"] == 1
+    assert after["misses"] - before["misses"] == 1
+    assert after["hits"] - before["hits"] == 1
+
+
+def test_write_through_on_a_cold_key_stores_a_tombstone_by_default(make_store: MakeStore) -> None:
+    store = make_store(strategy="write-through")
+    assert store.put("cold", 1).cache is CacheOutcome.INVALIDATED
+    assert store.get("cold") == 1
+    assert store.stats.source_reads == 1
+    risky = make_store(strategy="write-through", on_empty="value")
+    assert risky.put("cold", 1).cache is CacheOutcome.UPDATED
+    assert risky.get("cold") == 1
+    assert risky.stats.source_reads == 0
+
+
+def test_an_older_write_arriving_late_is_rejected(make_store: MakeStore) -> None:
+    """Race 2 at the cache: v2 then v1 arrive; the cache keeps v2."""
+    store = make_store()
+    warm(store, "k", "v1")
+    v2 = store.put("k", "v2").version
+    ckey = f"wt:{store.namespace}:k"
+    outcome = store.cache.write(
+        ckey, writethrough.protocol.Kind.VALUE, v2 - 1, b'"v1"', ttl=60, tombstone_ttl=10, on_empty="tombstone"
+    )
+    assert outcome is writethrough.protocol.WriteOutcome.SUPERSEDED
+    assert store.get_versioned("k") == writethrough.Versioned("v2", v2)
+
+
+def test_a_tombstone_blocks_an_older_fill(make_store: MakeStore) -> None:
+    store = make_store(strategy="invalidate")
+    warm(store, "k", "v1")
+    store.put("k", "v2")
+    ckey = f"wt:{store.namespace}:k"
+    from writethrough.protocol import Entry
+
+    assert store.cache.fill(ckey, b"not-a-lease", Entry.value(1, b'"v1"'), ttl=60) is False
+    assert store.get("k") == "v2"
+
+
+def test_entries_expire_after_the_ttl(make_store: MakeStore) -> None:
+    import time
+
+    store = make_store(ttl=0.3, ttl_jitter=0.0)
+    warm(store, "k", 1)
+    assert store.cache.get(f"wt:{store.namespace}:k") is not None
+    time.sleep(0.45)
+    assert store.cache.get(f"wt:{store.namespace}:k") is None
+    assert store.get("k") == 1
+
+
+def test_namespaces_are_separate(make_store: MakeStore) -> None:
+    a = make_store()
+    b = make_store()
+    a.put("k", "a")
+    b.put("k", "b")
+    assert a.get("k") == "a" and b.get("k") == "b"
+
+
+def test_naive_protocol_sets_and_deletes_without_versions_checks(make_store: MakeStore) -> None:
+    store = make_store(protocol="naive")
+    assert store.put("k", 1).cache is CacheOutcome.UPDATED
+    assert store.get("k") == 1
+    assert store.stats.source_reads == 0, "naive write-through SETs even a cold key"
+    invalidating = make_store(protocol="naive", strategy="invalidate")
+    assert invalidating.put("k", 1).cache is CacheOutcome.INVALIDATED
+
+
+@pytest.mark.parametrize("strategy", ["write-through", "invalidate"])
+def test_reading_a_missing_key_returns_the_default(make_store: MakeStore, strategy: str) -> None:
+    store = make_store(strategy=strategy)
+    assert store.get("never") is None
+    assert store.get("never", 0) == 0
+    assert store.get_versioned("never") is None
