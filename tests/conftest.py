@@ -20,8 +20,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import writethrough  # noqa: E402
-from servers import (  # noqa: E402
+import writethrough
+from servers import (
     ClusterServer,
     PostgresServer,
     RedisServer,
@@ -31,6 +31,7 @@ from servers import (  # noqa: E402
     redis_server,
     unavailable,
 )
+
 
 def _implemented(module: str) -> bool:
     return importlib.util.find_spec(module) is not None

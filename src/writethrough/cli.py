@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from rich import box
 from rich.console import Console
@@ -24,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import WritethroughError
+from .errors import ConfigError, WritethroughError
 from .store import PROTOCOLS, STRATEGIES, Strategy
 
 if TYPE_CHECKING:
@@ -93,18 +94,33 @@ def add_compare(subparsers: Subparsers) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--updates", type=_int_at_least(1), default=5000, help="writes to replay (5000)")
     add("--keys", type=_int_at_least(1), default=1000, help="distinct keys (1000)")
-    add("--reads-after-write", type=_int_at_least(0), default=1,
-        help="read-backs of the written key right after each write (1)")
-    add("--background-reads", type=_int_at_least(0), default=4,
-        help="background reads over Zipf-popular keys per update (4)")
+    add(
+        "--reads-after-write",
+        type=_int_at_least(0),
+        default=1,
+        help="read-backs of the written key right after each write (1)",
+    )
+    add(
+        "--background-reads",
+        type=_int_at_least(0),
+        default=4,
+        help="background reads over Zipf-popular keys per update (4)",
+    )
     add("--zipf", type=_non_negative_float, default=1.1, help="Zipf exponent s (1.1)")
     add("--seed", type=int, default=42, help="workload seed (42)")
-    add("--source", default=None,
-        help="source URL (default: a fresh SQLite file in a temp dir, deleted afterwards)")
+    add(
+        "--source",
+        default=None,
+        help="source URL (default: a fresh SQLite file in a temp dir, deleted afterwards)",
+    )
     add("--cache", default="memory://", help="cache URL (memory://)")
     add("--protocol", choices=PROTOCOLS, default="versioned", help="versioned | naive")
-    add("--strategies", type=_strategies, default=STRATEGIES,
-        help="comma list (write-through,invalidate)")
+    add(
+        "--strategies",
+        type=_strategies,
+        default=STRATEGIES,
+        help="comma list (write-through,invalidate)",
+    )
     add("--ttl", type=_non_negative_float, default=300.0, help="cache TTL in seconds (300)")
     add("--json", action="store_true", help="print one JSON object on stdout, nothing else")
     add("--plot", metavar="FILE.png", default=None, help="also draw the figures to FILE.png")
@@ -113,7 +129,7 @@ def add_compare(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Run ``writethrough compare``; return the exit code."""
-    from .tools.compare import Workload, check_plot_path, compare, save_plot
+    from .tools.compare import Workload, compare
 
     workload = Workload(
         updates=args.updates,
@@ -176,8 +192,18 @@ def _print_compare(result: CompareResult, plot: str | None) -> None:
         pad_edge=False,
         collapse_padding=True,
     )
-    headers = ("strategy", "writes", "reads", "hit\nratio", "DB\nreads", "extra DB\n/write",
-               "bg DB\nreads", "write µs\np50 / p99", "read µs\np50 / p99", "stale\nreads")
+    headers = (
+        "strategy",
+        "writes",
+        "reads",
+        "hit\nratio",
+        "DB\nreads",
+        "extra DB\n/write",
+        "bg DB\nreads",
+        "write µs\np50 / p99",
+        "read µs\np50 / p99",
+        "stale\nreads",
+    )
     for header in headers:
         right = header != "strategy"
         table.add_column(
@@ -225,6 +251,74 @@ def _print_compare(result: CompareResult, plot: str | None) -> None:
     out.print(escape(result.background_note()))
     if plot:
         out.print(f"Plot written to {escape(plot)}.")
+
+
+def save_plot(result: CompareResult, path: str | Path) -> None:
+    """Draw bars per strategy (extra DB reads/write, hit ratio, write and read p50/p99) to ``path``.
+
+    Needs matplotlib (``pip install 'writethrough[plot]'``); uses the Agg canvas,
+    never pyplot, so no global backend is changed.
+    """
+    figure_cls, canvas_cls = _matplotlib()
+    names = [s.strategy for s in result.strategies]
+    xs = list(range(len(names)))
+    fig = figure_cls(figsize=(13, 3.6), layout="constrained")
+    canvas_cls(fig)
+    axes = fig.subplots(1, 4)
+    ax = axes[0]
+    extra = [s.extra_db_reads_per_write for s in result.strategies]
+    background = [s.background_db_reads_per_write for s in result.strategies]
+    ax.bar(xs, extra, color="tab:red", label="read-back")
+    bars = ax.bar(xs, background, bottom=extra, color="tab:gray", label="background")
+    ax.bar_label(
+        bars, labels=[f"{e:.2f} + {b:.2f}" for e, b in zip(extra, background, strict=True)]
+    )
+    ax.set_ylim(0, max([1.0, *(e + b for e, b in zip(extra, background, strict=True))]) * 1.15)
+    ax.set_title("extra DB reads per write")
+    ax.legend(fontsize="small", loc="upper left")
+    bars = axes[1].bar(xs, [s.hit_ratio for s in result.strategies], color="tab:green")
+    axes[1].bar_label(bars, fmt="%.3f")
+    axes[1].set_ylim(0, 1.15)
+    axes[1].set_title("hit ratio")
+    for ax, what in ((axes[2], "write"), (axes[3], "read")):
+        width = 0.38
+        for offset, pct in ((-width / 2, "p50"), (width / 2, "p99")):
+            values = [float(getattr(s, f"{what}_{pct}_us")) for s in result.strategies]
+            ax.bar([x + offset for x in xs], values, width, label=pct)
+        ax.set_title(f"{what} latency (µs)")
+        ax.legend(fontsize="small")
+    for ax in axes:
+        ax.set_xticks(xs, names)
+    w = result.workload
+    fig.suptitle(
+        f"writethrough compare: {w.updates:,} updates, {w.keys:,} keys, "
+        f"{w.reads_after_write} read-back(s)/write, seed {w.seed}, protocol {result.protocol}"
+    )
+    fig.savefig(path, dpi=100)
+
+
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas, or a ConfigError saying how to install it."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ConfigError(
+            f"--plot needs matplotlib, which is not installed ({exc.name}); "
+            "install it with: pip install 'writethrough[plot]'"
+        ) from exc
+    return Figure, FigureCanvasAgg
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Fail early (before a long run) if ``path`` cannot be plotted to."""
+    _, canvas_cls = _matplotlib()
+    target = Path(path)
+    suffix = target.suffix.lower().lstrip(".")
+    if suffix not in canvas_cls.get_supported_filetypes():
+        raise ConfigError(f"cannot plot to {str(path)!r}: use a .png (or .svg, .pdf) file name")
+    if not target.parent.is_dir():
+        raise ConfigError(f"cannot plot to {str(path)!r}: no directory {str(target.parent)!r}")
 
 
 # -- the command -----------------------------------------------------------------

@@ -58,8 +58,9 @@ class Versioned:
 class Stats:
     """Counters since the store was opened. Read them; ``snapshot()`` gives a dict."""
 
-    hits: int = 0
-    misses: int = 0
+    hits: int = 0  # reads served by their first cache lookup
+    misses: int = 0  # reads whose first lookup found no value (hits + misses = reads)
+    late_hits: int = 0  # misses then served from the cache after all (a fill landed)
     source_reads: int = 0
     source_writes: int = 0
     cache_writes: int = 0
@@ -221,7 +222,7 @@ class Store:
             return self._read_source(key)
         outcome, found = leased
         if outcome is LeaseOutcome.HIT and found is not None:
-            self.stats.add("hits")
+            self.stats.add("late_hits")
             return Versioned(self.serializer.loads(found.payload), found.version)
         if outcome is LeaseOutcome.BUSY:
             waited = self._wait_for_fill(ckey)
@@ -248,7 +249,7 @@ class Store:
             if entry is _MISSING:
                 return None
             if entry is not None and entry.kind is Kind.VALUE:
-                self.stats.add("hits")
+                self.stats.add("late_hits")
                 return Versioned(self.serializer.loads(entry.payload), entry.version)
             if entry is None or entry.kind is Kind.TOMBSTONE:
                 return None  # the lease ended without a value: read the DB

@@ -47,7 +47,7 @@ _BIO_ALPHABET = string.ascii_lowercase + "      "
 
 
 class Op(NamedTuple):
-    """One step of the workload: ``("write", key, value)``, ``("read_back", key)``, ``("read", key)``."""
+    """A step: ``("write", key, value)``, ``("read_back", key)`` or ``("read", key)``."""
 
     kind: OpKind
     key: str
@@ -58,9 +58,9 @@ class Op(NamedTuple):
 class Workload:
     """The seeded workload's parameters.
 
-        >>> ops = generate(Workload(updates=10, keys=5, seed=1))
-        >>> ops[0].kind, ops[1].kind
-        ('write', 'read_back')
+    >>> ops = generate(Workload(updates=10, keys=5, seed=1))
+    >>> ops[0].kind, ops[1].kind
+    ('write', 'read_back')
 
     Writes pick a key uniformly (any user may edit a profile); background reads
     pick keys with Zipf(``zipf_s``) popularity, key ``user:0`` the most popular.
@@ -75,8 +75,13 @@ class Workload:
     value_bytes: int = 200
 
     def __post_init__(self) -> None:
-        for name, low in (("updates", 1), ("keys", 1), ("reads_after_write", 0),
-                          ("background_reads_per_update", 0), ("value_bytes", 1)):
+        for name, low in (
+            ("updates", 1),
+            ("keys", 1),
+            ("reads_after_write", 0),
+            ("background_reads_per_update", 0),
+            ("value_bytes", 1),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
@@ -135,8 +140,11 @@ def generate(workload: Workload) -> list[Op]:
 class StrategyResult:
     """What one strategy did over the measured phase (warm-up excluded).
 
-        >>> r.extra_db_reads_per_write, r.stale_reads      # doctest: +SKIP
-        (1.0, 0)
+    >>> w = Workload(updates=100, keys=10)
+    >>> with writethrough.open("sqlite:///:memory:", strategy="invalidate") as store:
+    ...     r = run_strategy(store, generate(w), warmup=initial_profiles(w))
+    >>> r.extra_db_reads_per_write, r.stale_reads
+    (1.0, 0)
     """
 
     strategy: str
@@ -185,10 +193,6 @@ class StrategyResult:
         """Read-back DB reads extrapolated to 1,000,000 updates/day."""
         return self.extra_db_reads_per_write * UPDATES_PER_DAY
 
-    @property
-    def background_db_queries_per_day(self) -> float:
-        return self.background_db_reads_per_write * UPDATES_PER_DAY
-
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
@@ -197,7 +201,9 @@ class StrategyResult:
             background_db_reads_per_write=round(self.background_db_reads_per_write, 6),
             background_miss_ratio=round(self.background_miss_ratio, 6),
             extra_db_queries_per_day_at_1m_updates=round(self.extra_db_queries_per_day),
-            background_db_queries_per_day_at_1m_updates=round(self.background_db_queries_per_day),
+            background_db_queries_per_day_at_1m_updates=round(
+                self.background_db_reads_per_write * UPDATES_PER_DAY
+            ),
             elapsed_s=round(self.elapsed_s, 3),
         )
         return data
@@ -207,11 +213,11 @@ class StrategyResult:
 class CompareResult:
     """All strategies' results for one workload.
 
-        >>> result = compare(workload=Workload(updates=300, keys=100))
-        >>> result.get("invalidate").extra_db_reads_per_write
-        1.0
-        >>> sorted(result.to_json())
-        ['strategies', 'workload']
+    >>> result = compare(workload=Workload(updates=300, keys=100))
+    >>> result.get("invalidate").extra_db_reads_per_write
+    1.0
+    >>> result.extrapolation()
+    'At 1,000,000 updates/day, invalidate costs ~1,000,000 extra DB queries/day; write-through ~0.'
     """
 
     workload: Workload
@@ -252,11 +258,12 @@ class CompareResult:
     def background_note(self) -> str:
         """The background reads' own DB queries, reported apart from the read-backs'."""
         parts = [
-            f"{s.strategy} ~{round(s.background_db_queries_per_day):,}/day "
+            f"{s.strategy} ~{round(s.background_db_reads_per_write * UPDATES_PER_DAY):,}/day "
             f"(miss ratio {s.background_miss_ratio:.2%})"
             for s in self.strategies
         ]
-        return f"Background reads' own DB queries at {UPDATES_PER_DAY:,} updates/day (apart): " + "; ".join(parts) + "."
+        head = f"Background reads' own DB queries at {UPDATES_PER_DAY:,} updates/day (apart): "
+        return head + "; ".join(parts) + "."
 
 
 def _percentile_us(sorted_ns: Sequence[int], pct: float) -> float:
@@ -337,12 +344,9 @@ def run_strategy(
     result.outcomes = dict(sorted(outcomes.items()))
     for samples in (write_ns, read_ns, read_back_ns):
         samples.sort()
-    result.write_p50_us = _percentile_us(write_ns, 50)
-    result.write_p99_us = _percentile_us(write_ns, 99)
-    result.read_p50_us = _percentile_us(read_ns, 50)
-    result.read_p99_us = _percentile_us(read_ns, 99)
-    result.read_back_p50_us = _percentile_us(read_back_ns, 50)
-    result.read_back_p99_us = _percentile_us(read_back_ns, 99)
+    for what, samples in (("write", write_ns), ("read", read_ns), ("read_back", read_back_ns)):
+        for pct in (50, 99):
+            setattr(result, f"{what}_p{pct}_us", _percentile_us(samples, pct))
     return result
 
 
@@ -409,69 +413,3 @@ def compare(
         ttl=ttl,
         source_temporary=tmpdir is not None,
     )
-
-
-def save_plot(result: CompareResult, path: str | Path) -> None:
-    """Draw bars per strategy (extra DB reads/write, hit ratio, write and read p50/p99) to ``path``.
-
-    Needs matplotlib (``pip install 'writethrough[plot]'``); uses the Agg canvas,
-    never pyplot, so no global backend is changed.
-    """
-    figure_cls, canvas_cls = _matplotlib()
-    names = [s.strategy for s in result.strategies]
-    xs = list(range(len(names)))
-    fig = figure_cls(figsize=(13, 3.6), layout="constrained")
-    canvas_cls(fig)
-    axes = fig.subplots(1, 4)
-    ax = axes[0]
-    extra = [s.extra_db_reads_per_write for s in result.strategies]
-    background = [s.background_db_reads_per_write for s in result.strategies]
-    ax.bar(xs, extra, color="tab:red", label="read-back")
-    bars = ax.bar(xs, background, bottom=extra, color="tab:gray", label="background")
-    ax.bar_label(bars, labels=[f"{e:.2f} + {b:.2f}" for e, b in zip(extra, background, strict=True)])
-    ax.set_ylim(0, max([1.0, *(e + b for e, b in zip(extra, background, strict=True))]) * 1.15)
-    ax.set_title("extra DB reads per write")
-    ax.legend(fontsize="small", loc="upper left")
-    bars = axes[1].bar(xs, [s.hit_ratio for s in result.strategies], color="tab:green")
-    axes[1].bar_label(bars, fmt="%.3f")
-    axes[1].set_ylim(0, 1.15)
-    axes[1].set_title("hit ratio")
-    for ax, what in ((axes[2], "write"), (axes[3], "read")):
-        width = 0.38
-        for offset, pct in ((-width / 2, "p50"), (width / 2, "p99")):
-            values = [float(getattr(s, f"{what}_{pct}_us")) for s in result.strategies]
-            ax.bar([x + offset for x in xs], values, width, label=pct)
-        ax.set_title(f"{what} latency (µs)")
-        ax.legend(fontsize="small")
-    for ax in axes:
-        ax.set_xticks(xs, names)
-    w = result.workload
-    fig.suptitle(
-        f"writethrough compare: {w.updates:,} updates, {w.keys:,} keys, "
-        f"{w.reads_after_write} read-back(s)/write, seed {w.seed}, protocol {result.protocol}"
-    )
-    fig.savefig(path, dpi=100)
-
-
-def _matplotlib() -> tuple[Any, Any]:
-    """matplotlib's Figure and Agg canvas, or a ConfigError saying how to install it."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:
-        raise ConfigError(
-            f"--plot needs matplotlib, which is not installed ({exc.name}); "
-            "install it with: pip install 'writethrough[plot]'"
-        ) from exc
-    return Figure, FigureCanvasAgg
-
-
-def check_plot_path(path: str | Path) -> None:
-    """Fail early (before a long run) if ``path`` cannot be plotted to."""
-    _, canvas_cls = _matplotlib()
-    target = Path(path)
-    suffix = target.suffix.lower().lstrip(".")
-    if suffix not in canvas_cls.get_supported_filetypes():
-        raise ConfigError(f"cannot plot to {str(path)!r}: use a .png (or .svg, .pdf) file name")
-    if not target.parent.is_dir():
-        raise ConfigError(f"cannot plot to {str(path)!r}: directory {str(target.parent)!r} is missing")

@@ -98,7 +98,7 @@ class FaultProxy:
         conns = self._close_all(rst=False)
         deadline = time.monotonic() + timeout
         for t in [self._listener] + [c.thread for c in conns]:
-            if t is not None and t is not threading.current_thread():
+            if t is not None and t.is_alive() and t is not threading.current_thread():
                 t.join(max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> FaultProxy:
@@ -179,6 +179,9 @@ class FaultProxy:
                     continue
                 except OSError:
                     break
+                conn.thread = threading.Thread(
+                    target=self._serve, args=(conn,), name="faultproxy-conn", daemon=True
+                )
                 with self._cond:
                     self.connections_accepted += 1
                     refused = self._stopping or self._mode.kind == "refuse"
@@ -189,11 +192,8 @@ class FaultProxy:
                 if refused:
                     conn.rst = True
                     self._close(conn)
-                    continue
-                conn.thread = threading.Thread(
-                    target=self._serve, args=(conn,), name="faultproxy-conn", daemon=True
-                )
-                conn.thread.start()
+                else:
+                    conn.thread.start()
 
     def _serve(self, conn: _Conn) -> None:
         try:

@@ -1,0 +1,217 @@
+"""Redis and Redis Cluster specifics, against real servers (no mocks).
+
+The behaviour suite (test_store, test_races, test_threads, ...) already runs on
+Redis and the cluster; this file adds what only a real server can show: the Lua
+script agrees with the pure protocol on every state, scripts come back after a
+restart, FLUSHALL, a moving slot, faults on the wire, and the herd.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import writethrough
+from servers import ServerUnavailable, redis_server, unavailable
+from writethrough import CacheOutcome
+from writethrough.caches.redis import RedisCache, decode, encode
+from writethrough.protocol import Entry, Kind, decide_fill, decide_lease, decide_write
+from writethrough.tools.faultproxy import FaultProxy
+from writethrough.tools.faults import FaultySource
+
+entries = st.one_of(
+    st.none(),
+    st.builds(Entry.value, st.integers(0, 2**53), st.binary(max_size=20)),
+    st.builds(Entry.tombstone, st.integers(0, 2**53), st.booleans()),
+    st.builds(Entry.lease, st.binary(min_size=8, max_size=8), st.integers(0, 2**53), st.booleans()),
+)
+
+
+@given(entries.filter(lambda e: e is not None))
+def test_entries_encode_and_decode(entry: Entry) -> None:
+    assert decode(encode(entry)) == entry
+
+
+@pytest.fixture
+def cache(redis_srv: Any) -> Iterator[RedisCache]:
+    cache = writethrough.caches.open_cache(redis_srv.url)
+    assert isinstance(cache, RedisCache)
+    yield cache
+    cache.close()
+
+
+def _set(cache: RedisCache, key: str, entry: Entry | None) -> None:
+    cache.client.delete(key)
+    if entry is not None:
+        cache.client.set(key, encode(entry))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    current=entries,
+    kind=st.sampled_from([Kind.VALUE, Kind.TOMBSTONE]),
+    version=st.integers(1, 2**53),
+    on_empty=st.sampled_from(["tombstone", "value"]),
+)
+def test_lua_write_agrees_with_the_pure_protocol(
+    cache: RedisCache, current: Entry | None, kind: Kind, version: int, on_empty: Any
+) -> None:
+    _set(cache, "wt:lua:k", current)
+    expected = decide_write(current, kind, version, b"pay:load", on_empty)
+    outcome = cache.write(
+        "wt:lua:k", kind, version, b"pay:load", ttl=60, tombstone_ttl=10, on_empty=on_empty
+    )
+    assert outcome is expected.outcome
+    assert cache.get("wt:lua:k") == (expected.store or current)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(current=entries, token=st.sampled_from([b"tokenAAA", b"tokenBBB"]), filled=entries)
+def test_lua_lease_and_fill_agree_with_the_pure_protocol(
+    cache: RedisCache, current: Entry | None, token: bytes, filled: Entry | None
+) -> None:
+    _set(cache, "wt:lua:k", current)
+    lease = decide_lease(current, token)
+    outcome, found = cache.lease("wt:lua:k", token, lease_ttl=5)
+    assert outcome is lease.outcome
+    assert found == (current if outcome.value == "hit" else None)
+    assert cache.get("wt:lua:k") == (lease.store or current)
+    if filled is None or filled.kind is Kind.LEASE:
+        return
+    _set(cache, "wt:lua:k", current)
+    stored = decide_fill(current, token, filled)
+    assert cache.fill("wt:lua:k", token, filled, ttl=60) is (stored is not None)
+    assert cache.get("wt:lua:k") == (stored or current)
+
+
+def test_scripts_come_back_after_a_restart_and_flushall() -> None:
+    try:
+        manager = redis_server()
+        server = manager.__enter__()
+    except ServerUnavailable as exc:
+        unavailable(f"Redis: {exc}")
+    try:
+        with writethrough.open(source="sqlite:///:memory:", cache=server.url) as store:
+            store.put("k", 1)
+            store.get("k")
+            server.restart()  # data and the script cache are gone
+            sha = store.cache._script.sha  # type: ignore[attr-defined]
+            assert redis.Redis(port=server.port).script_exists(sha) == [False]
+            # The first command after a restart may meet the dead pooled connection;
+            # the ladder retries it.
+            result = store.put("k", 2)
+            assert result.cache is not CacheOutcome.PENDING_REPAIR
+            assert store.get("k") == 2
+            redis.Redis(port=server.port).flushall()
+            assert store.put("k", 3).cache is CacheOutcome.INVALIDATED  # cold key: tombstone
+            assert store.get("k") == 3
+    finally:
+        manager.__exit__(None, None, None)
+
+
+def test_a_moving_cluster_slot_is_followed(cluster_srv: Any) -> None:
+    from servers import keyslot
+
+    with writethrough.open(source="sqlite:///:memory:", cache=cluster_srv.url, namespace="mv") as store:
+        store.put("user:1", "a")
+        store.get("user:1")
+        slot = keyslot("wt:mv:user:1")
+        owner = cluster_srv.slot_owner(slot)
+        target = next(p for p in cluster_srv.ports if p != owner)
+        cluster_srv.move_slot(slot, target, finish=False)  # ASK while migrating
+        assert store.put("user:1", "b").cache is CacheOutcome.UPDATED
+        assert store.get("user:1") == "b"
+        cluster_srv.move_slot(slot, target)  # MOVED afterwards
+        assert store.put("user:1", "c").cache is CacheOutcome.UPDATED
+        assert store.get("user:1") == "c"
+        assert store.stats.cache_write_failures == 0
+
+
+@pytest.fixture
+def proxy(redis_srv: Any) -> Iterator[FaultProxy]:
+    port = int(redis_srv.url.rsplit(":", 1)[1].split("/")[0])
+    with FaultProxy("127.0.0.1", port) as p:
+        yield p
+
+
+@pytest.mark.parametrize("protocol", ["naive", "versioned"])
+def test_the_seed_race_cache_times_out_after_the_db_commit(proxy: FaultProxy, protocol: str) -> None:
+    """DB write succeeds, the cache times out. Naive: old value until TTL; versioned: repaired."""
+    url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=0.05"
+    with writethrough.open(
+        source="sqlite:///:memory:", cache=url, protocol=protocol, namespace=f"seed{protocol}",
+        repair_interval=0.02,
+    ) as store:
+        store.put("acct", {"balance": 500})
+        store.get("acct")
+        store.get("acct")
+        proxy.blackhole()
+        started = time.monotonic()
+        result = store.put("acct", {"balance": 400})
+        elapsed = time.monotonic() - started
+        assert elapsed < 0.6, f"the ladder took {elapsed:.3f}s: something retried on its own"
+        proxy.reset()  # the held request dies with its connection: the write is lost
+        if protocol == "naive":
+            assert result.cache is CacheOutcome.FAILED
+            proxy.pass_through()
+            reads = [store.get("acct") for _ in range(5)]
+            assert reads == [{"balance": 500}] * 5, "naive: the old value stays until the TTL"
+            return
+        assert result.cache is CacheOutcome.PENDING_REPAIR
+        assert store.get("acct") == {"balance": 400}  # read-your-writes, from the DB
+        proxy.pass_through()
+        deadline = time.monotonic() + 5
+        while len(store.repairs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(store.repairs) == 0, "the repair worker fixed the cache"
+        reads = [store.get("acct") for _ in range(20)]
+        assert reads == [{"balance": 400}] * 20
+        assert store.cache.get(f"wt:{store.namespace}:acct").version == result.version  # type: ignore[union-attr]
+
+
+def test_reads_never_fail_while_the_cache_is_down(proxy: FaultProxy) -> None:
+    url = f"redis://127.0.0.1:{proxy.port}/0?socket_timeout=0.05"
+    with writethrough.open(source="sqlite:///:memory:", cache=url, namespace="down") as store:
+        store.put("k", 1)
+        proxy.refuse()
+        assert store.get("k") == 1
+        assert store.put("k", 2).cache is CacheOutcome.PENDING_REPAIR
+        assert [store.get("k") for _ in range(20)] == [2] * 20
+        assert store.stats.source_reads >= 20
+
+
+@pytest.mark.parametrize("protocol", ["versioned", "naive"])
+def test_herd_of_200_threads_on_one_cold_key(redis_srv: Any, protocol: str) -> None:
+    with writethrough.open(
+        source="sqlite:///:memory:", cache=redis_srv.url, namespace=f"herd{protocol}",
+        protocol=protocol, lease_wait=2.0, cache_options={"max_connections": 256},
+    ) as store:
+        store.put("hot", "v")
+        store.cache.delete(f"wt:{store.namespace}:hot")
+        source = FaultySource(store.source)
+        source.fail("read", lambda: time.sleep(0.02))  # a 20 ms query, so the herd overlaps
+        store.source = source  # type: ignore[assignment]
+        barrier = threading.Barrier(200)
+        results: list[object] = []
+
+        def reader() -> None:
+            barrier.wait()
+            results.append(store.get("hot"))
+
+        threads = [threading.Thread(target=reader) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results == ["v"] * 200
+        loads = source.calls.get("read", 0)
+        print(f"\nherd ({protocol}): 200 concurrent misses -> {loads} DB loads")
+        if protocol == "versioned":
+            assert loads <= 3, f"{loads} DB loads for one key"
