@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
-import os
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -95,8 +95,12 @@ def postgres_srv(_postgres_session: Any) -> PostgresServer:
     return server
 
 
+_RUN = uuid.uuid4().hex[:8]
+
+
 def unique_namespace(prefix: str = "t") -> str:
-    return f"{prefix}{os.getpid()}x{next(_counter)}"
+    """Unique across runs too: a shared server (CI's PostgreSQL) keeps old rows."""
+    return f"{prefix}{_RUN}x{next(_counter)}"
 
 
 @pytest.fixture(params=CACHES)
