@@ -51,7 +51,9 @@ def test_ttl_runs_on_the_passed_in_clock() -> None:
     assert cache.get("k") is not None
     clock.now += 0.2
     assert cache.get("k") is None
-    assert cache.size_bytes == 0
+    # An expired entry is gone for every operation, not just reads.
+    assert cache.lease("k", b"t", lease_ttl=1)[0] is LeaseOutcome.GRANTED
+    assert len(cache) == 1
 
 
 def test_an_expired_lease_lets_the_next_reader_take_over() -> None:

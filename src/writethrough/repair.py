@@ -62,11 +62,13 @@ class CircuitBreaker:
         self._open_until = 0.0
         self._probing = False
         self._state = BreakerState.CLOSED
+        self.closed = True  # a plain attribute: read on every cache call
         self._lock = threading.Lock()
 
     @property
     def state(self) -> BreakerState:
         return self._state
+
 
     def allow(self) -> bool:
         """May a call go to the cache now?"""
@@ -88,6 +90,7 @@ class CircuitBreaker:
             self._failures = 0
             self._probing = False
             self._state = BreakerState.CLOSED
+            self.closed = True
 
     def failure(self) -> None:
         with self._lock:
@@ -97,6 +100,7 @@ class CircuitBreaker:
                 if self._state is not BreakerState.OPEN:
                     self.opened += 1
                 self._state = BreakerState.OPEN
+                self.closed = False
                 self._open_until = self.clock() + self.reset_after
 
 
@@ -119,37 +123,37 @@ class RepairLog:
     """
 
     def __init__(self) -> None:
-        self._pending: dict[str, Repair] = {}
+        self.pending: dict[str, Repair] = {}
         self._lock = threading.Lock()
         self.recorded = 0
         self.applied = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self.pending)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._pending
+        return key in self.pending
 
     def record(self, repair: Repair) -> None:
         with self._lock:
-            old = self._pending.get(repair.key)
+            old = self.pending.get(repair.key)
             if old is None or old.version < repair.version:
-                self._pending[repair.key] = repair
+                self.pending[repair.key] = repair
             self.recorded += 1
 
     def settled(self, key: str, version: int) -> None:
         """The cache now holds ``version`` (or newer) for ``key``: drop older repairs."""
-        if key not in self._pending:
+        if key not in self.pending:
             return
         with self._lock:
-            old = self._pending.get(key)
+            old = self.pending.get(key)
             if old is not None and old.version <= version:
-                del self._pending[key]
+                del self.pending[key]
                 self.applied += 1
 
     def snapshot(self) -> list[Repair]:
         with self._lock:
-            return sorted(self._pending.values(), key=lambda r: r.recorded_at)
+            return sorted(self.pending.values(), key=lambda r: r.recorded_at)
 
 
 class RepairWorker:

@@ -7,13 +7,13 @@ do I/O; the protocol's decisions are the pure functions of ``protocol``.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import os
 import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .caches.base import Cache
@@ -28,6 +28,7 @@ ProtocolName = Literal["versioned", "naive"]
 STRATEGIES: tuple[Strategy, ...] = ("write-through", "invalidate")
 PROTOCOLS: tuple[ProtocolName, ...] = ("versioned", "naive")
 _MISSING: Any = object()
+_VALUE = Kind.VALUE
 
 
 class CacheOutcome(enum.Enum):
@@ -54,37 +55,51 @@ class Versioned:
     version: int
 
 
-@dataclass
+STAT_NAMES = (
+    "hits",  # reads served by their first cache lookup
+    "misses",  # reads whose first lookup found no value (hits + misses = reads)
+    "late_hits",  # misses then served from the cache after all (a fill landed)
+    "source_reads",
+    "source_writes",
+    "cache_writes",
+    "cache_write_failures",
+    "cache_read_failures",
+    "stale_rejected",  # conditional writes that found the same or a newer version
+    "fills",
+    "fills_dropped",  # fills refused because their lease was gone (a write or loss came first)
+    "lease_waits",
+    "read_through",  # DB reads that did not fill the cache (cache down, lease busy, pending repair)
+    "pending_repair_reads",
+    "repairs_recorded",
+    "repairs_applied",
+)
+
 class Stats:
-    """Counters since the store was opened. Read them; ``snapshot()`` gives a dict."""
+    """Counters since the store was opened: ``stats.hits``, ``stats.snapshot()``.
 
-    hits: int = 0  # reads served by their first cache lookup
-    misses: int = 0  # reads whose first lookup found no value (hits + misses = reads)
-    late_hits: int = 0  # misses then served from the cache after all (a fill landed)
-    source_reads: int = 0
-    source_writes: int = 0
-    cache_writes: int = 0
-    cache_write_failures: int = 0
-    cache_read_failures: int = 0
-    stale_rejected: int = 0
-    fills: int = 0
-    fills_dropped: int = 0
-    lease_waits: int = 0
-    read_through: int = 0
-    pending_repair_reads: int = 0
-    repairs_recorded: int = 0
-    repairs_applied: int = 0
+    Each counter is an ``itertools.count``: ``next()`` on it is atomic in CPython,
+    so counting takes no lock and loses no increment under threads.
+    """
 
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self) -> None:
+        self.counters = {name: itertools.count() for name in STAT_NAMES}
 
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            setattr(self, name, getattr(self, name) + n)
+    def add(self, name: str) -> None:
+        next(self.counters[name])
 
     def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: _value(counter) for name, counter in self.counters.items()}
+
+    def __getattr__(self, name: str) -> int:
+        counters = self.__dict__.get("counters", {})
+        if name not in counters:
+            raise AttributeError(name)
+        return _value(counters[name])
+
+
+def _value(counter: itertools.count[int]) -> int:
+    """The next value a count would return, without taking it: repr is 'count(N)'."""
+    return int(repr(counter)[6:-1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +178,10 @@ class Store:
         self.repairs = RepairLog()
         self.breaker = CircuitBreaker(clock=clock)
         self._prefix = f"wt:{namespace}:"
+        self._pending = self.repairs.pending  # key -> Repair, read on the hot path
+        self._hits = self.stats.counters["hits"]
+        self._loads = self.serializer.loads
+        self._ascii_key_limit = self.settings.max_key_bytes
         self._random = random.Random()
         self._versioned = self.settings.protocol == "versioned"
         self._worker: RepairWorker | None = None
@@ -195,13 +214,29 @@ class Store:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` if there is none."""
+        # The hit path, kept short: one cache lookup, one decode.
+        if (
+            key.__class__ is str
+            and 0 < len(key) <= self._ascii_key_limit
+            and key.isascii()
+            and key not in self._pending
+            and self.breaker.closed
+        ):
+            try:
+                entry = self.cache.get(self._prefix + key)
+            except CacheError:
+                entry = None  # the slow path below counts and handles it
+            else:
+                if entry is not None and entry.kind is _VALUE:
+                    next(self._hits)
+                    return self._loads(entry.payload)
         found = self.get_versioned(key)
         return default if found is None else found.value
 
     def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
         ckey = self._cache_key(key)
-        if self.repairs and key in self.repairs:  # read-your-writes while the cache lags
+        if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
             return self._read_source(key)
         entry = self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING

@@ -68,15 +68,19 @@ class MemoryCache:
         return self._bytes
 
     def get(self, key: str) -> Entry | None:
-        with self._lock:
-            item = self._data.get(key)
-            if item is None:
-                return None
-            if item[1] <= self.clock():
-                self._remove(key)
-                return None
+        # Lock-free: a dict read is atomic under the GIL, and a read changes no
+        # entry (every change takes the lock), so it sees the entry before or
+        # after any concurrent write, never a mix.
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[1] <= self.clock():
+            return None  # expired; the next change of this key or an eviction drops it
+        try:  # noqa: SIM105 - contextlib.suppress costs ~100 ns on the hit path
             self._data.move_to_end(key)
-            return item[0]
+        except KeyError:  # removed under our feet: still a correct (older) read
+            pass
+        return item[0]
 
     def write(
         self,
