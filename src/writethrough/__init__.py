@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any
 
-from .caches import open_cache
+from .caches import open_async_cache, open_cache
 from .errors import (
     CacheError,
     CacheTimeout,
@@ -32,8 +32,9 @@ from .errors import (
 from .protocol import OnEmpty
 from .repair import RetryPolicy
 from .serializers import BytesSerializer, JSONSerializer, Serializer
-from .sources import open_source
+from .sources import open_async_source, open_source
 from .store import (
+    AsyncStore,
     CacheOutcome,
     ProtocolName,
     Settings,
@@ -48,7 +49,7 @@ __version__ = "0.1.0"
 _NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
-def open(
+def open(  # the public name the API promises (shadows the builtin inside this module only)
     source: str = "sqlite:///writethrough.db",
     cache: str = "memory://",
     *,
@@ -85,36 +86,20 @@ def open(
     - ``on_empty``: what a write-through stores on a key the cache does not hold:
       a ``"tombstone"`` (safe against an evicted newer entry; the next read
       misses) or the ``"value"`` (a hit, but see README: race 6).
+    - ``lease_wait``: how long a reader that finds another reader loading the
+      key waits for that fill before reading the DB itself (0: at once).
     - ``write_budget``: seconds the failure ladder may spend on one cache write.
 
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-        raise ConfigError(
-            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
-        )
-    settings = Settings(
-        strategy=strategy,
-        protocol=protocol,
-        ttl=ttl,
-        ttl_jitter=ttl_jitter,
-        tombstone_ttl=_default_tombstone_ttl(ttl) if tombstone_ttl is None else tombstone_ttl,
-        lease_ttl=lease_ttl,
-        lease_wait=lease_wait,
-        on_empty=on_empty,
-        write_budget=write_budget,
-        retry=retry or RetryPolicy(),
-        max_key_bytes=max_key_bytes,
-        max_value_bytes=max_value_bytes,
-        repair_interval=repair_interval,
-    )
+    settings = _settings(locals())
     opened_cache = open_cache(cache, **(cache_options or {}))
     try:
         opened_source = open_source(source, namespace=namespace, **(source_options or {}))
     except BaseException:
         opened_cache.close()
         raise
-    return Store(
+    store = Store(
         opened_source,
         opened_cache,
         namespace=namespace,
@@ -122,6 +107,93 @@ def open(
         serializer=serializer,
         clock=clock,
         repair_worker=repair_worker,
+    )
+    return store.open()
+
+
+def open_async(
+    source: str = "sqlite:///writethrough.db",
+    cache: str = "memory://",
+    *,
+    strategy: Strategy = "write-through",
+    ttl: float = 300.0,
+    namespace: str = "default",
+    protocol: ProtocolName = "versioned",
+    serializer: Serializer | None = None,
+    ttl_jitter: float = 0.1,
+    tombstone_ttl: float | None = None,
+    lease_ttl: float = 2.0,
+    lease_wait: float = 0.1,
+    on_empty: OnEmpty = "tombstone",
+    write_budget: float = 0.05,
+    retry: RetryPolicy | None = None,
+    max_key_bytes: int = 1024,
+    max_value_bytes: int = 1 << 20,
+    repair_interval: float = 0.05,
+    repair_worker: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    source_options: dict[str, Any] | None = None,
+    cache_options: dict[str, Any] | None = None,
+) -> AsyncOpener:
+    """The asyncio store, with the same settings as :func:`open`.
+
+        async with writethrough.open_async(source=..., cache="redis://...") as store:
+            await store.put("user:42", {...})
+        # or: store = await writethrough.open_async(...); ...; await store.close()
+    """
+    settings = _settings(locals())
+    opened_cache = open_async_cache(cache, **(cache_options or {}))
+    opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
+    return AsyncOpener(
+        AsyncStore(
+            opened_source,
+            opened_cache,
+            namespace=namespace,
+            settings=settings,
+            serializer=serializer,
+            clock=clock,
+            repair_worker=repair_worker,
+        )
+    )
+
+
+class AsyncOpener:
+    """What ``open_async`` returns: ``await`` it, or use it with ``async with``."""
+
+    def __init__(self, store: AsyncStore) -> None:
+        self.store = store
+
+    def __await__(self) -> Generator[Any, None, AsyncStore]:
+        return self.store.open().__await__()
+
+    async def __aenter__(self) -> AsyncStore:
+        return await self.store.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.store.close()
+
+
+def _settings(given: dict[str, Any]) -> Settings:
+    namespace = given["namespace"]
+    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
+        )
+    tombstone_ttl = given["tombstone_ttl"]
+    return Settings(
+        strategy=given["strategy"],
+        protocol=given["protocol"],
+        ttl=given["ttl"],
+        ttl_jitter=given["ttl_jitter"],
+        tombstone_ttl=_default_tombstone_ttl(given["ttl"]) if tombstone_ttl is None else tombstone_ttl,
+        lease_ttl=given["lease_ttl"],
+        lease_wait=given["lease_wait"],
+        on_empty=given["on_empty"],
+        write_budget=given["write_budget"],
+        retry=given["retry"] or RetryPolicy(),
+        max_key_bytes=given["max_key_bytes"],
+        max_value_bytes=given["max_value_bytes"],
+        repair_interval=given["repair_interval"],
     )
 
 
@@ -133,6 +205,8 @@ def _default_tombstone_ttl(ttl: object) -> float:
 
 
 __all__ = [
+    "AsyncOpener",
+    "AsyncStore",
     "BytesSerializer",
     "CacheError",
     "CacheOutcome",
@@ -155,4 +229,5 @@ __all__ = [
     "WriteResult",
     "WritethroughError",
     "open",
+    "open_async",
 ]

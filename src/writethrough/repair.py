@@ -154,28 +154,3 @@ class RepairLog:
     def snapshot(self) -> list[Repair]:
         with self._lock:
             return sorted(self.pending.values(), key=lambda r: r.recorded_at)
-
-
-class RepairWorker:
-    """A daemon thread that calls ``repair_once`` every ``interval`` seconds."""
-
-    def __init__(self, repair_once: Callable[[], int], interval: float = 0.05) -> None:
-        self.repair_once = repair_once
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="writethrough-repair", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self, timeout: float = 2.0) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.repair_once()
-            except Exception:
-                continue

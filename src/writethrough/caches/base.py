@@ -1,8 +1,9 @@
-"""The one narrow interface every cache backend implements.
+"""The one narrow interface every cache backend implements, sync and asyncio.
 
 A backend stores :class:`~writethrough.protocol.Entry` objects under string keys
 and applies the protocol's decisions *atomically*; it never decides policy
-(strategies, retries, the failure ladder): that is the store's job.
+(strategies, retries, the failure ladder): that is the store's job. Every method
+may raise a :class:`~writethrough.errors.CacheError`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
 
 
 class Cache(Protocol):
-    """A cache backend. Every method may raise a :class:`~writethrough.errors.CacheError`."""
+    """A cache backend for the sync store."""
 
     name: str
+
+    def open(self) -> None:
+        """Connect, if the backend connects lazily (may do nothing)."""
+        ...
 
     def get(self, key: str) -> Entry | None:
         """The entry under ``key``, or None. One round trip."""
@@ -38,7 +43,8 @@ class Cache(Protocol):
     def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
         """Take the fill lease if the key holds no value (``protocol.decide_lease``).
 
-        Returns the outcome and, for HIT, the value entry found.
+        Returns the outcome and the entry found: the value for HIT, the other
+        reader's lease for BUSY, None for GRANTED.
         """
         ...
 
@@ -55,3 +61,37 @@ class Cache(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class AsyncCache(Protocol):
+    """The same interface for the asyncio store: every method is a coroutine."""
+
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def get(self, key: str) -> Entry | None: ...
+
+    async def write(
+        self,
+        key: str,
+        kind: Kind,
+        version: int,
+        payload: bytes,
+        *,
+        ttl: float,
+        tombstone_ttl: float,
+        on_empty: OnEmpty,
+    ) -> WriteOutcome: ...
+
+    async def lease(
+        self, key: str, token: bytes, *, lease_ttl: float
+    ) -> tuple[LeaseOutcome, Entry | None]: ...
+
+    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool: ...
+
+    async def set(self, key: str, entry: Entry, *, ttl: float) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...

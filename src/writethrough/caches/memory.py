@@ -67,6 +67,9 @@ class MemoryCache:
     def size_bytes(self) -> int:
         return self._bytes
 
+    def open(self) -> None:
+        """Nothing to connect."""
+
     def get(self, key: str) -> Entry | None:
         # Lock-free: a dict read is atomic under the GIL, and a read changes no
         # entry (every change takes the lock), so it sees the entry before or
@@ -106,7 +109,7 @@ class MemoryCache:
             decision = decide_lease(current, token)
             if decision.store is not None:
                 self._put(key, decision.store, lease_ttl)
-            return decision.outcome, current if decision.outcome is LeaseOutcome.HIT else None
+            return decision.outcome, None if decision.outcome is LeaseOutcome.GRANTED else current
 
     def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
         with self._lock:
@@ -195,3 +198,57 @@ def _positive_or_none(text: str) -> int | None:
     if value < 1:
         raise ValueError("must be >= 1")
     return value
+
+
+class AsyncMemoryCache:
+    """The in-process cache for the asyncio store: the same object, awaitable methods.
+
+    Every operation is a short critical section without I/O, so it runs inline
+    on the event loop.
+    """
+
+    name = "memory"
+
+    def __init__(self, inner: MemoryCache) -> None:
+        self.inner = inner
+
+    async def open(self) -> None:
+        """Nothing to connect."""
+
+    async def get(self, key: str) -> Entry | None:
+        return self.inner.get(key)
+
+    async def write(
+        self,
+        key: str,
+        kind: Kind,
+        version: int,
+        payload: bytes,
+        *,
+        ttl: float,
+        tombstone_ttl: float,
+        on_empty: OnEmpty,
+    ) -> WriteOutcome:
+        return self.inner.write(
+            key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, on_empty=on_empty
+        )
+
+    async def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+        return self.inner.lease(key, token, lease_ttl=lease_ttl)
+
+    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+        return self.inner.fill(key, token, entry, ttl=ttl)
+
+    async def set(self, key: str, entry: Entry, *, ttl: float) -> None:
+        self.inner.set(key, entry, ttl=ttl)
+
+    async def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
+    async def close(self) -> None:
+        self.inner.close()
+
+
+def async_from_url(url: ParsedURL, **options: Any) -> AsyncMemoryCache:
+    """``memory://...`` for the asyncio store."""
+    return AsyncMemoryCache(from_url(url, **options))

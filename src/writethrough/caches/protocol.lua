@@ -4,7 +4,7 @@
 -- Versions are compared as Lua numbers: exact up to 2^53.
 -- ARGV[1] names the operation:
 --   write  kind version payload ttl_ms tombstone_ttl_ms on_empty -> outcome
---   lease  token lease_ttl_ms                                    -> {"hit", entry} | {"granted"} | {"busy"}
+--   lease  token lease_ttl_ms                     -> {"hit", entry} | {"granted"} | {"busy", lease}
 --   fill   token kind version entry ttl_ms                       -> 1 stored | 0 dropped
 
 local key = KEYS[1]
@@ -50,7 +50,7 @@ if op == 'lease' then
     return {'granted'}
   end
   if string.sub(raw, colon + 1) == token then return {'granted'} end
-  return {'busy'}
+  return {'busy', raw}
 end
 
 if op == 'fill' then

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Row, Source
+from .base import AsyncSource, Row, Source
 
 BACKENDS: dict[str, str] = {
     "sqlite": "writethrough.sources.sqlite:from_url",
     "postgresql": "writethrough.sources.postgres:from_url",
     "postgres": "writethrough.sources.postgres:from_url",
+}
+ASYNC_BACKENDS: dict[str, str] = {
+    "sqlite": "writethrough.sources.sqlite:async_from_url",
+    "postgresql": "writethrough.sources.postgres:async_from_url",
+    "postgres": "writethrough.sources.postgres:async_from_url",
 }
 
 
@@ -23,4 +28,22 @@ def open_source(url: str, *, namespace: str, **options: Any) -> Source:
     return source
 
 
-__all__ = ["BACKENDS", "Row", "Source", "open_source"]
+def open_async_source(url: str, *, namespace: str, **options: Any) -> AsyncSource:
+    """The asyncio source for ``url``."""
+    from ..urls import load_factory, parse_url
+
+    parsed = parse_url(url, kind="source", schemes=ASYNC_BACKENDS)
+    factory = load_factory(ASYNC_BACKENDS[parsed.scheme], parsed.scheme)
+    source: AsyncSource = factory(parsed, namespace=namespace, **options)
+    return source
+
+
+__all__ = [
+    "ASYNC_BACKENDS",
+    "BACKENDS",
+    "AsyncSource",
+    "Row",
+    "Source",
+    "open_async_source",
+    "open_source",
+]

@@ -8,6 +8,7 @@ row with a NULL value and a new version, so a re-insert never goes back.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import threading
@@ -72,6 +73,9 @@ class SQLiteSource:
         )
         with self._connection() as conn:
             self._create_or_adopt(conn)
+
+    def open(self) -> None:
+        """The table was created or adopted by the constructor."""
 
     def read(self, key: str) -> Row:
         with self._connection() as conn:
@@ -145,6 +149,30 @@ class SQLiteSource:
             )
 
 
+class AsyncSQLiteSource:
+    """SQLite for the asyncio store: each call runs in a worker thread, off the loop."""
+
+    name = "sqlite"
+
+    def __init__(self, inner: SQLiteSource) -> None:
+        self.inner = inner
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.inner.open)
+
+    async def read(self, key: str) -> Row:
+        return await asyncio.to_thread(self.inner.read, key)
+
+    async def write(self, key: str, payload: bytes) -> int:
+        return await asyncio.to_thread(self.inner.write, key, payload)
+
+    async def delete(self, key: str) -> int:
+        return await asyncio.to_thread(self.inner.delete, key)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.inner.close)
+
+
 class _Everywhere:
     """A stand-in for threading.local that gives every thread the same connection."""
 
@@ -184,3 +212,8 @@ def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
     }
     kwargs.update(options)
     return SQLiteSource(url.path, namespace=namespace, **kwargs)
+
+
+def async_from_url(url: ParsedURL, *, namespace: str, **options: Any) -> AsyncSQLiteSource:
+    """The same URLs for the asyncio store."""
+    return AsyncSQLiteSource(from_url(url, namespace=namespace, **options))

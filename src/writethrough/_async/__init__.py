@@ -1,0 +1,1 @@
+"""The asyncio I/O shells: the hand-written source of the sync ones in ``_sync``."""

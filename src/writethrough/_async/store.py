@@ -1,0 +1,367 @@
+"""The store: get / put / delete over a source of truth and a cache.
+
+The asyncio version (``_async/store.py``) is written by hand; ``scripts/unasync.py``
+generates the sync one (``_sync/store.py``) from it, and CI checks it is current.
+Policy lives here (strategies, TTLs, leases, single flight, the failure ladder);
+backends only do I/O; the protocol's decisions are the pure functions of ``protocol``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..caches.base import AsyncCache
+from ..core import (
+    CacheOutcome,
+    Settings,
+    Stats,
+    Versioned,
+    WriteResult,
+    check_key,
+    public_outcome,
+)
+from ..errors import CacheError, InvalidValueError
+from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
+from ..repair import CircuitBreaker, Repair, RepairLog
+from ..serializers import JSONSerializer, Serializer
+from ..sources.base import AsyncSource, Row
+from .compat import Flights, RepairWorker, shielded, sleep
+
+_MISSING: Any = object()
+_VALUE = Kind.VALUE
+_LEASE = Kind.LEASE
+
+
+class AsyncStore:
+    """A cache kept current on every database write.
+
+        >>> async with writethrough.open_async(source="sqlite:///app.db") as store:
+        ...     r = await store.put("user:42", {"name": "Alice"})
+        ...     await store.get("user:42")
+        {'name': 'Alice'}
+
+    Safe to share between concurrent callers.
+    """
+
+    def __init__(
+        self,
+        source: AsyncSource,
+        cache: AsyncCache,
+        *,
+        namespace: str = "default",
+        settings: Settings | None = None,
+        serializer: Serializer | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = sleep,
+        repair_worker: bool = True,
+    ) -> None:
+        self.source = source
+        self.cache = cache
+        self.namespace = namespace
+        self.settings = settings or Settings()
+        self.serializer: Serializer = serializer or JSONSerializer()
+        self.clock = clock
+        self.sleep = sleep
+        self.stats = Stats()
+        self.repairs = RepairLog()
+        self.breaker = CircuitBreaker(clock=clock)
+        self.flights = Flights()
+        self._prefix = f"wt:{namespace}:"
+        self._pending = self.repairs.pending  # key -> Repair, read on the hot path
+        self._hits = self.stats.counters["hits"]
+        self._loads = self.serializer.loads
+        self._max_key = self.settings.max_key_bytes
+        self._random = random.Random()
+        self._versioned = self.settings.protocol == "versioned"
+        self._worker: RepairWorker | None = None
+        if repair_worker and self._versioned:
+            self._worker = RepairWorker(self.repair_once, self.settings.repair_interval)
+        self._opened = False
+        self._closed = False
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def open(self) -> AsyncStore:
+        """Connect the backends and start the repair worker (``async with`` does this)."""
+        if not self._opened:
+            self._opened = True
+            await self.source.open()
+            await self.cache.open()
+            if self._worker is not None:
+                self._worker.start()
+        return self
+
+    async def __aenter__(self) -> AsyncStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the repair worker, then close the cache and the source."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._worker is not None:
+            await self._worker.stop()
+        try:
+            await self.cache.close()
+        finally:
+            await self.source.close()
+
+    # -- reads -------------------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default`` if there is none."""
+        # The hit path, kept short: one cache lookup, one decode.
+        if (
+            key.__class__ is str
+            and 0 < len(key) <= self._max_key
+            and key.isascii()
+            and key not in self._pending
+            and self.breaker.closed
+        ):
+            try:
+                entry = await self.cache.get(self._prefix + key)
+            except CacheError:
+                entry = None  # the slow path below counts and handles it
+            else:
+                if entry is not None and entry.kind is _VALUE:
+                    next(self._hits)
+                    return self._loads(entry.payload)
+        found = await self.get_versioned(key)
+        return default if found is None else found.value
+
+    async def get_versioned(self, key: str) -> Versioned | None:
+        """The value and the version it was written at, or None."""
+        ckey = self._cache_key(key)
+        if key in self._pending:  # read-your-writes while the cache lags
+            self.stats.add("pending_repair_reads")
+            return await self._read_source(key)
+        entry = await self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
+        if entry is not _MISSING and entry is not None and entry.kind is _VALUE:
+            self.stats.add("hits")
+            return Versioned(self._loads(entry.payload), entry.version)
+        self.stats.add("misses")
+        if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
+            return await self._read_source(key)
+        if not self._versioned:
+            return await self._naive_fill(key, ckey)
+        if entry is not None and entry.kind is _LEASE:
+            joined = await self._join_local_flight(entry.payload)
+            if joined is not _MISSING:
+                return joined  # type: ignore[no-any-return]
+        return await self._leased_fill(key, ckey)
+
+    async def _join_local_flight(self, token: bytes) -> Any:
+        """If this process holds the lease, await its load (one DB load per key per process).
+
+        Safe: the lease is still in the cache, so no write was acknowledged since
+        it was taken, and the holder reads the DB after taking it.
+        """
+        joined, row = await self.flights.follow(token, self.settings.lease_wait)
+        if not joined:
+            return _MISSING
+        self.stats.add("flight_joins")
+        return self._versioned_row(row)
+
+    async def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
+        token = os.urandom(8)
+        leased = await self._cache_call(self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl)
+        if leased is _MISSING:
+            return await self._read_source(key)
+        outcome, found = leased
+        if outcome is LeaseOutcome.HIT and found is not None:
+            self.stats.add("late_hits")
+            return Versioned(self._loads(found.payload), found.version)
+        if outcome is LeaseOutcome.BUSY:
+            if found is not None:
+                joined = await self._join_local_flight(found.payload)
+                if joined is not _MISSING:
+                    return joined  # type: ignore[no-any-return]
+            waited = await self._wait_for_fill(ckey)
+            if waited is not None:
+                return waited
+            return await self._read_source(key)
+        self.flights.lead(token)
+        try:
+            row = await self._read_source_row(key)
+            filled = Entry.tombstone(row.version) if row.payload is None else Entry.value(row.version, row.payload)
+            stored = await self._cache_call(self.cache.fill, ckey, token, filled, ttl=self._ttl_for(filled))
+        except BaseException:
+            self.flights.fail(token)
+            raise
+        self.flights.finish(token, row)
+        self.stats.add("fills" if stored is True else "fills_dropped")
+        return self._versioned_row(row)
+
+    async def _wait_for_fill(self, ckey: str) -> Versioned | None:
+        """Another process holds the lease: poll briefly for its fill."""
+        self.stats.add("lease_waits")
+        deadline = self.clock() + self.settings.lease_wait
+        pause = 0.001
+        while self.clock() < deadline:
+            await self.sleep(min(pause, max(0.0, deadline - self.clock())))
+            pause = min(pause * 2, 0.016)
+            entry = await self._cache_call(self.cache.get, ckey)
+            if entry is _MISSING:
+                return None
+            if entry is not None and entry.kind is _VALUE:
+                self.stats.add("late_hits")
+                return Versioned(self._loads(entry.payload), entry.version)
+            if entry is None or entry.kind is Kind.TOMBSTONE:
+                return None  # the lease ended without a value: read the DB
+        return None
+
+    async def _naive_fill(self, key: str, ckey: str) -> Versioned | None:
+        row = await self._read_source_row(key)
+        if row.payload is not None:
+            entry = Entry.value(row.version, row.payload)
+            await self._cache_call(self.cache.set, ckey, entry, ttl=self._ttl_for(entry))
+        return self._versioned_row(row)
+
+    async def _read_source(self, key: str) -> Versioned | None:
+        self.stats.add("read_through")
+        return self._versioned_row(await self._read_source_row(key))
+
+    async def _read_source_row(self, key: str) -> Row:
+        row = await self.source.read(key)
+        self.stats.add("source_reads")
+        return row
+
+    def _versioned_row(self, row: Row) -> Versioned | None:
+        if row.payload is None:
+            return None
+        return Versioned(self._loads(row.payload), row.version)
+
+    # -- writes ------------------------------------------------------------------
+
+    async def put(self, key: str, value: Any) -> WriteResult:
+        """Write ``value`` to the database, then keep the cache current.
+
+        Raises InvalidKeyError / InvalidValueError before anything is written, and
+        SourceError when the database write fails (the cache is then untouched).
+        Once started, the write and its cache update run to the end even if the
+        caller is cancelled.
+        """
+        ckey = self._cache_key(key)
+        payload = self.serializer.dumps(value)
+        if len(payload) > self.settings.max_value_bytes:
+            raise InvalidValueError(
+                f"value is {len(payload)} bytes serialized; the limit is "
+                f"{self.settings.max_value_bytes} (max_value_bytes)"
+            )
+        kind = Kind.VALUE if self.settings.strategy == "write-through" else Kind.TOMBSTONE
+        return await shielded(self._write(key, ckey, kind, payload))
+
+    async def delete(self, key: str) -> WriteResult:
+        """Delete ``key`` in the database (the delete gets its own version), then the cache."""
+        ckey = self._cache_key(key)
+        return await shielded(self._write(key, ckey, Kind.TOMBSTONE, None))
+
+    async def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
+        version = await (self.source.delete(key) if payload is None else self.source.write(key, payload))
+        self.stats.add("source_writes")
+        data = b"" if payload is None or kind is not _VALUE else payload
+        if not self._versioned:
+            return WriteResult(key, version, await self._naive_write(ckey, kind, version, data))
+        return WriteResult(key, version, await self._ladder(key, ckey, kind, version, data))
+
+    async def _naive_write(self, ckey: str, kind: Kind, version: int, payload: bytes) -> CacheOutcome:
+        try:
+            if kind is _VALUE:
+                await self.cache.set(ckey, Entry.value(version, payload), ttl=self._jittered(self.settings.ttl))
+                outcome = CacheOutcome.UPDATED
+            else:
+                await self.cache.delete(ckey)
+                outcome = CacheOutcome.INVALIDATED
+        except CacheError:
+            self.stats.add("cache_write_failures")
+            return CacheOutcome.FAILED
+        self.stats.add("cache_writes")
+        return outcome
+
+    async def _ladder(self, key: str, ckey: str, kind: Kind, version: int, payload: bytes) -> CacheOutcome:
+        """conditional set -> retries with backoff -> tombstone -> repair record, in budget."""
+        deadline = self.clock() + self.settings.write_budget
+        attempt = 0
+        while self.breaker.allow():
+            outcome = await self._conditional_write(ckey, kind, version, payload)
+            if outcome is not None:
+                self.repairs.settled(key, version)
+                return public_outcome(outcome, kind)
+            attempt += 1
+            if attempt > self.settings.retry.retries:
+                if kind is not _VALUE:
+                    break
+                kind, payload = Kind.TOMBSTONE, b""  # a smaller write, as safe
+            pause = self.settings.retry.backoff(attempt)
+            if self.clock() + pause >= deadline:
+                break
+            await self.sleep(pause)
+        self.repairs.record(Repair(key, kind, version, payload, self.clock()))
+        self.stats.add("repairs_recorded")
+        return CacheOutcome.PENDING_REPAIR
+
+    async def _conditional_write(self, ckey: str, kind: Kind, version: int, payload: bytes) -> WriteOutcome | None:
+        try:
+            outcome = await self.cache.write(
+                ckey,
+                kind,
+                version,
+                payload,
+                ttl=self._jittered(self.settings.ttl),
+                tombstone_ttl=self.settings.tombstone_ttl,
+                on_empty=self.settings.on_empty,
+            )
+        except CacheError:
+            self.stats.add("cache_write_failures")
+            self.breaker.failure()
+            return None
+        self.breaker.success()
+        self.stats.add("cache_writes")
+        if outcome in (WriteOutcome.SUPERSEDED, WriteOutcome.KEPT):
+            self.stats.add("stale_rejected")
+        return outcome
+
+    async def repair_once(self) -> int:
+        """Apply recorded repairs while the cache answers. Returns how many were applied."""
+        applied = 0
+        for repair in self.repairs.snapshot():
+            if not self.breaker.allow():
+                break
+            ckey = self._prefix + repair.key
+            if await self._conditional_write(ckey, repair.kind, repair.version, repair.payload) is None:
+                break
+            self.repairs.settled(repair.key, repair.version)
+            self.stats.add("repairs_applied")
+            applied += 1
+        return applied
+
+    # -- helpers -----------------------------------------------------------------
+
+    def _cache_key(self, key: object) -> str:
+        return self._prefix + check_key(key, self._max_key)
+
+    async def _cache_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the cache; on a CacheError, count it and return _MISSING."""
+        try:
+            result = await method(*args, **kwargs)
+        except CacheError:
+            self.stats.add("cache_read_failures")
+            self.breaker.failure()
+            return _MISSING
+        self.breaker.success()
+        return result
+
+    def _jittered(self, ttl: float) -> float:
+        return ttl * (1.0 - self.settings.ttl_jitter * self._random.random())
+
+    def _ttl_for(self, entry: Entry) -> float:
+        if entry.kind is _VALUE:
+            return self._jittered(self.settings.ttl)
+        return self.settings.tombstone_ttl

@@ -1,0 +1,161 @@
+"""The store's pure parts: settings, outcomes, counters, key checks. No I/O.
+
+Shared by the sync ``Store`` and the asyncio ``AsyncStore``.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError, InvalidKeyError
+from .protocol import Kind, OnEmpty, WriteOutcome
+from .repair import RetryPolicy
+
+Strategy = Literal["write-through", "invalidate"]
+ProtocolName = Literal["versioned", "naive"]
+STRATEGIES: tuple[Strategy, ...] = ("write-through", "invalidate")
+PROTOCOLS: tuple[ProtocolName, ...] = ("versioned", "naive")
+
+
+class CacheOutcome(enum.Enum):
+    """What the cache holds after a write, as far as this process knows."""
+
+    UPDATED = "updated"  # the key holds this version (or a newer one): next read is a hit
+    INVALIDATED = "invalidated"  # the key sends readers to the DB: next read is a miss
+    PENDING_REPAIR = "pending_repair"  # the cache did not answer; a repair is recorded
+    FAILED = "failed"  # naive protocol only: the cache write failed and nothing was done
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    key: str
+    version: int
+    cache: CacheOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class Versioned:
+    """A value with the database version it was read at."""
+
+    value: Any
+    version: int
+
+
+STAT_NAMES = (
+    "hits",  # reads served by their first cache lookup
+    "misses",  # reads whose first lookup found no value (hits + misses = reads)
+    "late_hits",  # misses then served from the cache after all (a fill landed)
+    "source_reads",
+    "source_writes",
+    "cache_writes",
+    "cache_write_failures",
+    "cache_read_failures",
+    "stale_rejected",  # conditional writes that found the same or a newer version
+    "fills",
+    "fills_dropped",  # fills refused because their lease was gone (a write or loss came first)
+    "lease_waits",
+    "flight_joins",  # misses that awaited this process's own load of the key
+    "read_through",  # DB reads that did not fill the cache (cache down, lease busy, pending repair)
+    "pending_repair_reads",
+    "repairs_recorded",
+    "repairs_applied",
+)
+
+class Stats:
+    """Counters since the store was opened: ``stats.hits``, ``stats.snapshot()``.
+
+    Each counter is an ``itertools.count``: ``next()`` on it is atomic in CPython,
+    so counting takes no lock and loses no increment under threads.
+    """
+
+    def __init__(self) -> None:
+        self.counters = {name: itertools.count() for name in STAT_NAMES}
+
+    def add(self, name: str) -> None:
+        next(self.counters[name])
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: _value(counter) for name, counter in self.counters.items()}
+
+    def __getattr__(self, name: str) -> int:
+        counters = self.__dict__.get("counters", {})
+        if name not in counters:
+            raise AttributeError(name)
+        return _value(counters[name])
+
+
+def _value(counter: itertools.count[int]) -> int:
+    """The next value a count would return, without taking it: repr is 'count(N)'."""
+    return int(repr(counter)[6:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything tunable, validated once. See ``writethrough.open`` for the meanings."""
+
+    strategy: Strategy = "write-through"
+    protocol: ProtocolName = "versioned"
+    ttl: float = 300.0
+    ttl_jitter: float = 0.1
+    tombstone_ttl: float = 30.0
+    lease_ttl: float = 2.0
+    lease_wait: float = 0.1
+    on_empty: OnEmpty = "tombstone"
+    write_budget: float = 0.05
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_key_bytes: int = 1024
+    max_value_bytes: int = 1 << 20
+    repair_interval: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {PROTOCOLS}")
+        if self.on_empty not in ("tombstone", "value"):
+            raise ConfigError(f"on_empty must be 'tombstone' or 'value', not {self.on_empty!r}")
+        for name in ("ttl", "tombstone_ttl", "lease_ttl", "write_budget", "repair_interval"):
+            _positive(name, getattr(self, name))
+        _positive("lease_wait", self.lease_wait, allow_zero=True)
+        if not 0 <= self.ttl_jitter < 1:
+            raise ConfigError(f"ttl_jitter must be in [0, 1), got {self.ttl_jitter!r}")
+        for name in ("max_key_bytes", "max_value_bytes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+
+
+def _positive(name: str, value: object, allow_zero: bool = False) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name} must be a finite number {bound} (seconds), got {value!r}")
+
+
+def check_key(key: object, max_key_bytes: int) -> str:
+    """Return ``key`` if it is a usable key, else raise InvalidKeyError."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"key must be a str, not {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError("key must not be empty")
+    if key.isascii():
+        size = len(key)
+    else:
+        try:
+            size = len(key.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidKeyError("key is not valid Unicode (lone surrogate)") from None
+    if size > max_key_bytes:
+        raise InvalidKeyError(f"key is {size} UTF-8 bytes; the limit is {max_key_bytes}")
+    return key
+
+
+def public_outcome(outcome: WriteOutcome, kind: Kind) -> CacheOutcome:
+    if outcome is WriteOutcome.STORED_VALUE:
+        return CacheOutcome.UPDATED
+    if outcome is WriteOutcome.SUPERSEDED and kind is Kind.VALUE:
+        return CacheOutcome.UPDATED
+    return CacheOutcome.INVALIDATED
