@@ -21,6 +21,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import writethrough
+from async_view import LoopThread, SyncView
 from servers import (
     ClusterServer,
     PostgresServer,
@@ -118,6 +119,38 @@ def source_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/wt.db"
     return str(request.getfixturevalue("postgres_srv").url)
+
+
+@pytest.fixture(scope="session")
+def loop_thread() -> Iterator[LoopThread]:
+    loop = LoopThread()
+    yield loop
+    loop.stop()
+
+
+@pytest.fixture(params=["sync", "async"])
+def make_any_store(
+    request: pytest.FixtureRequest, cache_url: str, source_url: str, loop_thread: LoopThread
+) -> Iterator[Callable[..., Any]]:
+    """Like make_store, for the sync Store and (through a SyncView) the AsyncStore."""
+    if request.param == "sync":
+        yield request.getfixturevalue("make_store")
+        return
+    opened: list[Any] = []
+
+    def make(**options: Any) -> Any:
+        options.setdefault("namespace", unique_namespace())
+
+        async def start() -> writethrough.AsyncStore:
+            return await writethrough.open_async(source=source_url, cache=cache_url, **options)
+
+        store = SyncView(loop_thread.run(start()), loop_thread)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        store.close()
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ def snapshot(store: Store, key: str) -> tuple[Any, Any]:
         ("\ud800", InvalidKeyError),  # a lone surrogate cannot be encoded
     ],
 )
-def test_bad_keys(make_store: MakeStore, key: Any, error: type[Exception]) -> None:
-    store = make_store()
+def test_bad_keys(make_any_store: MakeStore, key: Any, error: type[Exception]) -> None:
+    store = make_any_store()
     with pytest.raises(error):
         store.put(key, 1)
     with pytest.raises(error):
@@ -41,8 +41,8 @@ def test_bad_keys(make_store: MakeStore, key: Any, error: type[Exception]) -> No
     assert store.stats.source_writes == 0 and store.stats.cache_writes == 0
 
 
-def test_the_longest_allowed_key_works(make_store: MakeStore) -> None:
-    store = make_store()
+def test_the_longest_allowed_key_works(make_any_store: MakeStore) -> None:
+    store = make_any_store()
     key = "é" * 512  # exactly 1024 bytes
     store.put(key, 1)
     assert store.get(key) == 1
@@ -53,8 +53,8 @@ def test_the_longest_allowed_key_works(make_store: MakeStore) -> None:
     [object(), {1, 2}, {"nested": object()}, 2**70, b"raw bytes"],
     ids=["object", "set", "nested", "bigint", "bytes"],
 )
-def test_unserializable_values_change_nothing(make_store: MakeStore, value: Any) -> None:
-    store = make_store()
+def test_unserializable_values_change_nothing(make_any_store: MakeStore, value: Any) -> None:
+    store = make_any_store()
     store.put("k", "good")
     store.get("k")
     before = snapshot(store, "k")
@@ -64,8 +64,8 @@ def test_unserializable_values_change_nothing(make_store: MakeStore, value: Any)
     assert store.get("k") == "good"
 
 
-def test_oversized_values_change_nothing(make_store: MakeStore) -> None:
-    store = make_store(max_value_bytes=100)
+def test_oversized_values_change_nothing(make_any_store: MakeStore) -> None:
+    store = make_any_store(max_value_bytes=100)
     store.put("k", "small")
     store.get("k")
     before = snapshot(store, "k")

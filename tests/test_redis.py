@@ -269,3 +269,34 @@ def test_no_stale_read_after_an_acknowledged_write_under_wire_faults(
             got = store.get_versioned(key)
             assert got is not None and got.version == row.version
         print(f"\n{fault}: outcomes {outcomes}, stats {store.stats.snapshot()}")
+
+
+def test_rediss_urls_use_tls_connections() -> None:
+    from writethrough.caches.redis import async_from_url, from_url
+    from writethrough.urls import parse_url
+
+    parsed = parse_url("rediss://u:p%40ss@cache.example:6380/2?socket_timeout=0.2", kind="cache",
+                       schemes={"rediss": ""})
+    sync_cache = from_url(parsed)
+    kwargs = sync_cache.client.connection_pool.connection_kwargs
+    assert sync_cache.client.connection_pool.connection_class is redis.SSLConnection
+    assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("cache.example", 6380, 2, "p@ss")
+    assert kwargs["socket_timeout"] == 0.2
+    async_cache = async_from_url(parsed)
+    assert async_cache.client.connection_pool.connection_class is redis.asyncio.SSLConnection
+    assert parsed.redacted() == "rediss://u:***@cache.example:6380/2?socket_timeout=0.2"
+
+
+def test_more_threads_than_pooled_connections_wait_for_a_connection(redis_srv: Any) -> None:
+    with writethrough.open(source="sqlite:///:memory:", cache=redis_srv.url, namespace="pool",
+                           cache_options={"max_connections": 4}) as store:
+        store.put("k", 1)
+        store.get("k")
+        results: list[object] = []
+        threads = [threading.Thread(target=lambda: results.append(store.get("k"))) for _ in range(64)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [1] * 64
+        assert store.stats.cache_read_failures == 0

@@ -22,8 +22,8 @@ def warm(store: Store, key: str, value: object) -> None:
     store.get(key)
 
 
-def test_put_get_delete_round_trip_with_versions_from_the_database(make_store: MakeStore) -> None:
-    store = make_store()
+def test_put_get_delete_round_trip_with_versions_from_the_database(make_any_store: MakeStore) -> None:
+    store = make_any_store()
     first = store.put("user:42", {"name": "Alice", "balance": 400})
     assert first.version == 1
     assert store.get("user:42") == {"name": "Alice", "balance": 400}
@@ -39,8 +39,8 @@ def test_put_get_delete_round_trip_with_versions_from_the_database(make_store: M
     assert store.get_versioned("user:42") == writethrough.Versioned({"name": "Bob"}, 4)
 
 
-def test_write_through_makes_the_next_read_a_hit(make_store: MakeStore) -> None:
-    store = make_store(strategy="write-through")
+def test_write_through_makes_the_next_read_a_hit(make_any_store: MakeStore) -> None:
+    store = make_any_store(strategy="write-through")
     warm(store, "k", 1)
     before = store.stats.snapshot()
     result = store.put("k", 2)
@@ -51,8 +51,8 @@ def test_write_through_makes_the_next_read_a_hit(make_store: MakeStore) -> None:
     assert after["source_reads"] == before["source_reads"]
 
 
-def test_invalidate_costs_one_miss_then_refills(make_store: MakeStore) -> None:
-    store = make_store(strategy="invalidate")
+def test_invalidate_costs_one_miss_then_refills(make_any_store: MakeStore) -> None:
+    store = make_any_store(strategy="invalidate")
     warm(store, "k", 1)
     before = store.stats.snapshot()
     assert store.put("k", 2).cache is CacheOutcome.INVALIDATED
@@ -64,20 +64,20 @@ def test_invalidate_costs_one_miss_then_refills(make_store: MakeStore) -> None:
     assert after["hits"] - before["hits"] == 1
 
 
-def test_write_through_on_a_cold_key_stores_a_tombstone_by_default(make_store: MakeStore) -> None:
-    store = make_store(strategy="write-through")
+def test_write_through_on_a_cold_key_stores_a_tombstone_by_default(make_any_store: MakeStore) -> None:
+    store = make_any_store(strategy="write-through")
     assert store.put("cold", 1).cache is CacheOutcome.INVALIDATED
     assert store.get("cold") == 1
     assert store.stats.source_reads == 1
-    risky = make_store(strategy="write-through", on_empty="value")
+    risky = make_any_store(strategy="write-through", on_empty="value")
     assert risky.put("cold", 1).cache is CacheOutcome.UPDATED
     assert risky.get("cold") == 1
     assert risky.stats.source_reads == 0
 
 
-def test_an_older_write_arriving_late_is_rejected(make_store: MakeStore) -> None:
+def test_an_older_write_arriving_late_is_rejected(make_any_store: MakeStore) -> None:
     """Race 2 at the cache: v2 then v1 arrive; the cache keeps v2."""
-    store = make_store()
+    store = make_any_store()
     warm(store, "k", "v1")
     v2 = store.put("k", "v2").version
     ckey = f"wt:{store.namespace}:k"
@@ -88,8 +88,8 @@ def test_an_older_write_arriving_late_is_rejected(make_store: MakeStore) -> None
     assert store.get_versioned("k") == writethrough.Versioned("v2", v2)
 
 
-def test_a_tombstone_blocks_an_older_fill(make_store: MakeStore) -> None:
-    store = make_store(strategy="invalidate")
+def test_a_tombstone_blocks_an_older_fill(make_any_store: MakeStore) -> None:
+    store = make_any_store(strategy="invalidate")
     warm(store, "k", "v1")
     store.put("k", "v2")
     ckey = f"wt:{store.namespace}:k"
@@ -99,10 +99,10 @@ def test_a_tombstone_blocks_an_older_fill(make_store: MakeStore) -> None:
     assert store.get("k") == "v2"
 
 
-def test_entries_expire_after_the_ttl(make_store: MakeStore) -> None:
+def test_entries_expire_after_the_ttl(make_any_store: MakeStore) -> None:
     import time
 
-    store = make_store(ttl=0.3, ttl_jitter=0.0)
+    store = make_any_store(ttl=0.3, ttl_jitter=0.0)
     warm(store, "k", 1)
     assert store.cache.get(f"wt:{store.namespace}:k") is not None
     time.sleep(0.45)
@@ -110,26 +110,26 @@ def test_entries_expire_after_the_ttl(make_store: MakeStore) -> None:
     assert store.get("k") == 1
 
 
-def test_namespaces_are_separate(make_store: MakeStore) -> None:
-    a = make_store()
-    b = make_store()
+def test_namespaces_are_separate(make_any_store: MakeStore) -> None:
+    a = make_any_store()
+    b = make_any_store()
     a.put("k", "a")
     b.put("k", "b")
     assert a.get("k") == "a" and b.get("k") == "b"
 
 
-def test_naive_protocol_sets_and_deletes_without_versions_checks(make_store: MakeStore) -> None:
-    store = make_store(protocol="naive")
+def test_naive_protocol_sets_and_deletes_without_versions_checks(make_any_store: MakeStore) -> None:
+    store = make_any_store(protocol="naive")
     assert store.put("k", 1).cache is CacheOutcome.UPDATED
     assert store.get("k") == 1
     assert store.stats.source_reads == 0, "naive write-through SETs even a cold key"
-    invalidating = make_store(protocol="naive", strategy="invalidate")
+    invalidating = make_any_store(protocol="naive", strategy="invalidate")
     assert invalidating.put("k", 1).cache is CacheOutcome.INVALIDATED
 
 
 @pytest.mark.parametrize("strategy", ["write-through", "invalidate"])
-def test_reading_a_missing_key_returns_the_default(make_store: MakeStore, strategy: str) -> None:
-    store = make_store(strategy=strategy)
+def test_reading_a_missing_key_returns_the_default(make_any_store: MakeStore, strategy: str) -> None:
+    store = make_any_store(strategy=strategy)
     assert store.get("never") is None
     assert store.get("never", 0) == 0
     assert store.get_versioned("never") is None

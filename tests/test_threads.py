@@ -16,8 +16,8 @@ KEYS = [f"k{i}" for i in range(4)]
 
 
 @pytest.mark.parametrize("strategy", ["write-through", "invalidate"])
-def test_concurrent_puts_gets_and_evictions(make_store: MakeStore, strategy: str) -> None:
-    store = make_store(strategy=strategy, write_budget=1.0)
+def test_concurrent_puts_gets_and_evictions(make_any_store: MakeStore, strategy: str) -> None:
+    store = make_any_store(strategy=strategy, write_budget=1.0)
     acked: dict[str, int] = dict.fromkeys(KEYS, 0)
     lock = threading.Lock()
     violations: list[str] = []

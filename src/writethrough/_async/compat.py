@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+Semaphore = asyncio.Semaphore
 sleep = asyncio.sleep
 _background: set[asyncio.Task[Any]] = set()
 

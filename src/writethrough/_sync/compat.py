@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+Semaphore = threading.BoundedSemaphore
 sleep = time.sleep
 
 

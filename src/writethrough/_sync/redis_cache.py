@@ -13,10 +13,12 @@ The asyncio version (``_async/redis_cache.py``) is written by hand; the sync one
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from ..caches.redis_codec import SCRIPT, WRITE_OUTCOMES, decode, encode, mapped_errors, ms
 from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+from .compat import Semaphore
 
 _HIT_OR_BUSY = (LeaseOutcome.HIT, LeaseOutcome.BUSY)
 
@@ -29,16 +31,20 @@ class RedisCache:
 
     name = "redis"
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, max_concurrency: int | None = None) -> None:
         self.client = client
         self._script = client.register_script(SCRIPT)
+        # The cluster clients fail (rather than wait) when a node's pool is full:
+        # bound the calls in flight so bursts wait their turn instead.
+        self._limit: Any = nullcontext() if max_concurrency is None else Semaphore(max_concurrency)
 
     def open(self) -> None:
         """Connections are made on first use."""
 
     def get(self, key: str) -> Entry | None:
-        with mapped_errors():
-            raw = self.client.get(key)
+        with self._limit:
+            with mapped_errors():
+                raw = self.client.get(key)
         return None if raw is None else decode(raw)
 
     def write(
@@ -53,28 +59,33 @@ class RedisCache:
         on_empty: OnEmpty,
     ) -> WriteOutcome:
         args = ["write", kind.value, version, payload, ms(ttl), ms(tombstone_ttl), on_empty]
-        with mapped_errors():
-            result = self._script(keys=[key], args=args)
+        with self._limit:
+            with mapped_errors():
+                result = self._script(keys=[key], args=args)
         return WRITE_OUTCOMES[result]
 
     def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
-        with mapped_errors():
-            result = self._script(keys=[key], args=["lease", token, ms(lease_ttl)])
+        with self._limit:
+            with mapped_errors():
+                result = self._script(keys=[key], args=["lease", token, ms(lease_ttl)])
         outcome = LeaseOutcome(result[0].decode())
         return outcome, decode(result[1]) if outcome in _HIT_OR_BUSY else None
 
     def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
         args = ["fill", token, entry.kind.value, entry.version, encode(entry), ms(ttl)]
-        with mapped_errors():
-            return bool(self._script(keys=[key], args=args))
+        with self._limit:
+            with mapped_errors():
+                return bool(self._script(keys=[key], args=args))
 
     def set(self, key: str, entry: Entry, *, ttl: float) -> None:
-        with mapped_errors():
-            self.client.set(key, encode(entry), px=ms(ttl))
+        with self._limit:
+            with mapped_errors():
+                self.client.set(key, encode(entry), px=ms(ttl))
 
     def delete(self, key: str) -> None:
-        with mapped_errors():
-            self.client.delete(key)
+        with self._limit:
+            with mapped_errors():
+                self.client.delete(key)
 
     def close(self) -> None:
         self.client.close()

@@ -49,6 +49,7 @@ def _standalone(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"Redis database must be a number, got {db_text!r} in {url.redacted()}")
     kwargs = client_options(url, options)
     kwargs.update(host=host, port=port or 6379, db=int(db_text))
+    kwargs["timeout"] = kwargs.pop("pool_timeout")
     return kwargs
 
 
@@ -58,14 +59,21 @@ def _cluster(url: ParsedURL, options: dict[str, Any]) -> tuple[list[tuple[str, i
     if url.path.strip("/") not in ("", "0"):
         raise ConfigError(f"Redis Cluster has only database 0: {url.redacted()}")
     kwargs = client_options(url, options)
-    kwargs.pop("max_connections", None)
+    kwargs.pop("pool_timeout")
     return [(host, port or 6379) for host, port in url.hosts], kwargs
 
 
 def from_url(url: ParsedURL, **options: Any) -> RedisCache:
-    """The sync backend on one server."""
+    """The sync backend on one server.
+
+    A blocking pool: when all ``max_connections`` are busy, a caller waits up to
+    ``pool_timeout`` for one instead of failing at once.
+    """
     kwargs = _standalone(url, options)
-    return RedisCache(redis.Redis(retry=Retry(NoBackoff(), 0), **kwargs))
+    if kwargs.pop("ssl", False):
+        kwargs["connection_class"] = redis.SSLConnection
+    pool = redis.BlockingConnectionPool(retry=Retry(NoBackoff(), 0), **kwargs)  # type: ignore[no-untyped-call]
+    return RedisCache(redis.Redis(connection_pool=pool))
 
 
 def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
@@ -74,14 +82,17 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
     with mapped_errors():
         client = RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
-    return RedisClusterCache(client)
+    return RedisClusterCache(client, max_concurrency=kwargs["max_connections"])
 
 
 def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
     """The asyncio backend on one server (redis.asyncio)."""
     kwargs = _standalone(url, options)
+    if kwargs.pop("ssl", False):
+        kwargs["connection_class"] = redis.asyncio.SSLConnection
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    return AsyncRedisCache(redis.asyncio.Redis(retry=retry, **kwargs))
+    pool = redis.asyncio.BlockingConnectionPool(retry=retry, **kwargs)
+    return AsyncRedisCache(redis.asyncio.Redis(connection_pool=pool))
 
 
 def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterCache:
@@ -90,4 +101,4 @@ def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterC
     nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds]
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
-    return AsyncRedisClusterCache(client)
+    return AsyncRedisClusterCache(client, max_concurrency=kwargs["max_connections"])

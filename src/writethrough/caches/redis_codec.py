@@ -64,6 +64,7 @@ OPTIONS: dict[str, Callable[[str], Any]] = {
     "socket_timeout": float,
     "socket_connect_timeout": float,
     "max_connections": int,
+    "pool_timeout": float,
     "health_check_interval": float,
     "ssl_cert_reqs": str,
     "ssl_ca_certs": str,
@@ -75,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     "socket_timeout": 0.05,
     "socket_connect_timeout": 0.05,
     "max_connections": 64,
+    "pool_timeout": 1.0,
 }
 
 
