@@ -25,6 +25,7 @@ FILES = [
 WORDS = [
     ("AsyncStore", "Store"),
     ("AsyncCache", "Cache"),
+    ("AsyncOutboxSource", "OutboxSource"),
     ("AsyncSource", "Source"),
     ("AsyncRedisCache", "RedisCache"),
     ("AsyncRedisClusterCache", "RedisClusterCache"),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Generator
 from typing import Any
 
 from .caches import open_async_cache, open_cache
+from .core import Durability
 from .errors import (
     CacheError,
     CacheTimeout,
@@ -69,6 +70,8 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     max_value_bytes: int = 1 << 20,
     repair_interval: float = 0.05,
     repair_worker: bool = True,
+    durability: Durability = "best-effort",
+    outbox_grace: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -89,6 +92,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     - ``lease_wait``: how long a reader that finds another reader loading the
       key waits for that fill before reading the DB itself (0: at once).
     - ``write_budget``: seconds the failure ladder may spend on one cache write.
+    - ``durability``: ``"best-effort"`` (repairs are recorded in this process) or
+      ``"outbox"`` (each write also inserts an outbox row in the same transaction,
+      so a writer that dies after its commit is repaired by any repair worker,
+      e.g. ``writethrough repair``; costs one more row insert per write, and a
+      batched delete off the write path).
 
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
@@ -131,6 +139,8 @@ def open_async(
     max_value_bytes: int = 1 << 20,
     repair_interval: float = 0.05,
     repair_worker: bool = True,
+    durability: Durability = "best-effort",
+    outbox_grace: float = 5.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -194,6 +204,8 @@ def _settings(given: dict[str, Any]) -> Settings:
         max_key_bytes=given["max_key_bytes"],
         max_value_bytes=given["max_value_bytes"],
         repair_interval=given["repair_interval"],
+        durability=given["durability"],
+        outbox_grace=given["outbox_grace"],
     )
 
 

@@ -25,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .cli_repair import add_repair, run_repair
 from .errors import ConfigError, WritethroughError
 from .store import PROTOCOLS, STRATEGIES, Strategy
 
@@ -325,6 +326,7 @@ def check_plot_path(path: str | Path) -> None:
 
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
+    "repair": (add_repair, run_repair),
 }
 
 

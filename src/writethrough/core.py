@@ -17,6 +17,8 @@ from .repair import RetryPolicy
 
 Strategy = Literal["write-through", "invalidate"]
 ProtocolName = Literal["versioned", "naive"]
+Durability = Literal["best-effort", "outbox"]
+DURABILITIES: tuple[Durability, ...] = ("best-effort", "outbox")
 STRATEGIES: tuple[Strategy, ...] = ("write-through", "invalidate")
 PROTOCOLS: tuple[ProtocolName, ...] = ("versioned", "naive")
 
@@ -63,6 +65,8 @@ STAT_NAMES = (
     "pending_repair_reads",
     "repairs_recorded",
     "repairs_applied",
+    "outbox_batches",  # DB statements that cleared outbox rows (off the write path)
+    "outbox_repairs",  # outbox rows of dead or failed writers repaired
 )
 
 class Stats:
@@ -110,12 +114,19 @@ class Settings:
     max_key_bytes: int = 1024
     max_value_bytes: int = 1 << 20
     repair_interval: float = 0.05
+    durability: Durability = "best-effort"
+    outbox_grace: float = 5.0  # outbox rows younger than this belong to live writers
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"unknown protocol {self.protocol!r}; use one of {PROTOCOLS}")
+        if self.durability not in DURABILITIES:
+            raise ConfigError(f"unknown durability {self.durability!r}; use one of {DURABILITIES}")
+        if self.durability == "outbox" and self.protocol != "versioned":
+            raise ConfigError("durability='outbox' needs protocol='versioned'")
+        _positive("outbox_grace", self.outbox_grace, allow_zero=True)
         if self.on_empty not in ("tombstone", "value"):
             raise ConfigError(f"on_empty must be 'tombstone' or 'value', not {self.on_empty!r}")
         for name in ("ttl", "tombstone_ttl", "lease_ttl", "write_budget", "repair_interval"):

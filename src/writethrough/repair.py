@@ -5,6 +5,7 @@ Small objects with the clock passed in, so tests can run them on simulated time.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import threading
 import time
@@ -113,6 +114,7 @@ class Repair:
     version: int
     payload: bytes
     recorded_at: float
+    outbox_ids: tuple[int, ...] = ()  # outbox rows this repair settles (durability="outbox")
 
 
 class RepairLog:
@@ -138,18 +140,27 @@ class RepairLog:
         with self._lock:
             old = self.pending.get(repair.key)
             if old is None or old.version < repair.version:
-                self.pending[repair.key] = repair
+                ids = repair.outbox_ids + (old.outbox_ids if old is not None else ())
+                self.pending[repair.key] = dataclasses.replace(repair, outbox_ids=ids)
+            else:  # an older failure: the newer repair settles its outbox row too
+                ids = old.outbox_ids + repair.outbox_ids
+                self.pending[repair.key] = dataclasses.replace(old, outbox_ids=ids)
             self.recorded += 1
 
-    def settled(self, key: str, version: int) -> None:
-        """The cache now holds ``version`` (or newer) for ``key``: drop older repairs."""
+    def settled(self, key: str, version: int) -> Repair | None:
+        """The cache now holds ``version`` (or newer) for ``key``: drop older repairs.
+
+        Returns the dropped repair, if any.
+        """
         if key not in self.pending:
-            return
+            return None
         with self._lock:
             old = self.pending.get(key)
             if old is not None and old.version <= version:
                 del self.pending[key]
                 self.applied += 1
+                return old
+            return None
 
     def snapshot(self) -> list[Repair]:
         with self._lock:

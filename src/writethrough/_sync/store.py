@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..caches.base import Cache
 from ..core import (
@@ -25,11 +25,11 @@ from ..core import (
     check_key,
     public_outcome,
 )
-from ..errors import CacheError, InvalidValueError
+from ..errors import CacheError, ConfigError, InvalidValueError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
-from ..sources.base import Source, Row
+from ..sources.base import OutboxSource, Source, Row
 from .compat import Flights, RepairWorker, shielded, sleep
 
 _MISSING: Any = object()
@@ -81,6 +81,12 @@ class Store:
         self._worker: RepairWorker | None = None
         if repair_worker and self._versioned:
             self._worker = RepairWorker(self.repair_once, self.settings.repair_interval)
+        self._outbox: OutboxSource | None = None
+        self._outbox_done: list[int] = []  # outbox rows whose cache write landed
+        if self.settings.durability == "outbox":
+            if not all(hasattr(source, m) for m in ("write_logged", "outbox_claim", "outbox_done")):
+                raise ConfigError(f"durability='outbox' needs a source with an outbox, not {source.name}")
+            self._outbox = cast(OutboxSource, source)
         self._opened = False
         self._closed = False
 
@@ -110,6 +116,8 @@ class Store:
         if self._worker is not None:
             self._worker.stop()
         try:
+            if self._outbox is not None and self._outbox_done:
+                self._outbox.outbox_done(self._outbox_done)
             self.cache.close()
         finally:
             self.source.close()
@@ -265,12 +273,19 @@ class Store:
         return shielded(self._write(key, ckey, Kind.TOMBSTONE, None))
 
     def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
-        version = (self.source.delete(key) if payload is None else self.source.write(key, payload))
+        outbox_ids: tuple[int, ...] = ()
+        if self._outbox is not None:  # the row and its outbox row, in one transaction
+            logged = (
+                self._outbox.delete_logged(key) if payload is None else self._outbox.write_logged(key, payload)
+            )
+            version, outbox_ids = logged.version, (logged.outbox_id,)
+        else:
+            version = (self.source.delete(key) if payload is None else self.source.write(key, payload))
         self.stats.add("source_writes")
         data = b"" if payload is None or kind is not _VALUE else payload
         if not self._versioned:
             return WriteResult(key, version, self._naive_write(ckey, kind, version, data))
-        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data))
+        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data, outbox_ids))
 
     def _naive_write(self, ckey: str, kind: Kind, version: int, payload: bytes) -> CacheOutcome:
         try:
@@ -286,14 +301,16 @@ class Store:
         self.stats.add("cache_writes")
         return outcome
 
-    def _ladder(self, key: str, ckey: str, kind: Kind, version: int, payload: bytes) -> CacheOutcome:
+    def _ladder(
+        self, key: str, ckey: str, kind: Kind, version: int, payload: bytes, outbox_ids: tuple[int, ...] = ()
+    ) -> CacheOutcome:
         """conditional set -> retries with backoff -> tombstone -> repair record, in budget."""
         deadline = self.clock() + self.settings.write_budget
         attempt = 0
         while self.breaker.allow():
             outcome = self._conditional_write(ckey, kind, version, payload)
             if outcome is not None:
-                self.repairs.settled(key, version)
+                self._settled(key, version, outbox_ids)
                 return public_outcome(outcome, kind)
             attempt += 1
             if attempt > self.settings.retry.retries:
@@ -304,7 +321,7 @@ class Store:
             if self.clock() + pause >= deadline:
                 break
             self.sleep(pause)
-        self.repairs.record(Repair(key, kind, version, payload, self.clock()))
+        self.repairs.record(Repair(key, kind, version, payload, self.clock(), outbox_ids))
         self.stats.add("repairs_recorded")
         return CacheOutcome.PENDING_REPAIR
 
@@ -329,8 +346,17 @@ class Store:
             self.stats.add("stale_rejected")
         return outcome
 
+    def _settled(self, key: str, version: int, outbox_ids: tuple[int, ...]) -> None:
+        """The cache holds ``version`` of ``key`` or newer: drop older repairs, clear outbox rows."""
+        dropped = self.repairs.settled(key, version)
+        if self._outbox is not None:
+            self._outbox_done.extend(outbox_ids)
+            if dropped is not None:
+                self._outbox_done.extend(dropped.outbox_ids)
+
     def repair_once(self) -> int:
-        """Apply recorded repairs while the cache answers. Returns how many were applied."""
+        """Apply recorded repairs while the cache answers; with the outbox, also clear
+        settled outbox rows and repair what dead writers left. Returns repairs applied."""
         applied = 0
         for repair in self.repairs.snapshot():
             if not self.breaker.allow():
@@ -338,10 +364,39 @@ class Store:
             ckey = self._prefix + repair.key
             if self._conditional_write(ckey, repair.kind, repair.version, repair.payload) is None:
                 break
-            self.repairs.settled(repair.key, repair.version)
+            self._settled(repair.key, repair.version, ())
             self.stats.add("repairs_applied")
             applied += 1
+        if self._outbox is not None:
+            applied += self._drain_outbox(self._outbox)
         return applied
+
+    def _drain_outbox(self, outbox: OutboxSource) -> int:
+        """Clear settled rows (batched, off the write path); repair rows older than the grace.
+
+        A row older than ``outbox_grace`` belongs to a writer that died or failed
+        between its commit and its cache write (race 4). Its repair is a tombstone
+        of its version: always safe, whatever happened since.
+        """
+        done, self._outbox_done = self._outbox_done, []
+        if done:
+            outbox.outbox_done(done)
+            self.stats.add("outbox_batches")
+        if not self.breaker.allow():
+            return 0
+        rows = outbox.outbox_claim(self.settings.outbox_grace, 100, 30.0)
+        finished: list[int] = []
+        for row in rows:
+            ckey = self._prefix + row.key
+            if self._conditional_write(ckey, Kind.TOMBSTONE, row.version, b"") is None:
+                break
+            finished.append(row.id)
+        if finished:
+            outbox.outbox_done(finished)
+            self.stats.add("outbox_batches")
+            for _ in finished:
+                self.stats.add("outbox_repairs")
+        return len(finished)
 
     # -- helpers -----------------------------------------------------------------
 

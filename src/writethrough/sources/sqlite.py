@@ -12,15 +12,17 @@ import asyncio
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigError, SourceConflict, SourceError, SourceTimeout, SourceUnavailable
 from ..urls import ParsedURL
-from .base import Row
+from .base import Logged, OutboxRow, Row
 
 DEFAULT_TABLE = "writethrough_items"
+OUTBOX_TABLE = "writethrough_outbox"
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 EXPECTED_COLUMNS = {"namespace", "key", "value", "version"}
 
@@ -71,6 +73,15 @@ class SQLiteSource:
             "ON CONFLICT (namespace, key) DO UPDATE SET value = NULL, "
             f"version = {t}.version + 1 RETURNING version"
         )
+        o = OUTBOX_TABLE
+        self._sql_log = (
+            f"INSERT INTO {o} (namespace, key, version, action, created_at) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING id"
+        )
+        self._sql_claimable = (
+            f"SELECT id, key, version, action FROM {o} WHERE namespace = ? AND created_at <= ? "
+            "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY id LIMIT ?"
+        )
         with self._connection() as conn:
             self._create_or_adopt(conn)
 
@@ -91,6 +102,45 @@ class SQLiteSource:
     def delete(self, key: str) -> int:
         with self._connection() as conn:
             return int(conn.execute(self._sql_delete, (self.namespace, key)).fetchone()[0])
+
+    # -- the outbox (durability="outbox") ------------------------------------------
+
+    def write_logged(self, key: str, payload: bytes) -> Logged:
+        return self._logged(self._sql_write, (self.namespace, key, payload), key, "write")
+
+    def delete_logged(self, key: str) -> Logged:
+        return self._logged(self._sql_delete, (self.namespace, key), key, "delete")
+
+    def _logged(self, statement: str, params: tuple[Any, ...], key: str, action: str) -> Logged:
+        with self._connection() as conn, _transaction(conn):
+            version = int(conn.execute(statement, params).fetchone()[0])
+            row = (self.namespace, key, version, action, time.time())
+            outbox_id = int(conn.execute(self._sql_log, row).fetchone()[0])
+        return Logged(version, outbox_id)
+
+    def outbox_claim(self, older_than: float, limit: int, claim_for: float) -> list[OutboxRow]:
+        now = time.time()
+        with self._connection() as conn, _transaction(conn):
+            found = conn.execute(
+                self._sql_claimable, (self.namespace, now - older_than, now, limit)
+            ).fetchall()
+            rows = [OutboxRow(int(i), str(k), int(v), str(a)) for i, k, v, a in found]
+            if rows:
+                marks = ",".join("?" * len(rows))
+                conn.execute(
+                    f"UPDATE {OUTBOX_TABLE} SET claimed_until = ? WHERE id IN ({marks})",
+                    (now + claim_for, *(r.id for r in rows)),
+                )
+        return rows
+
+    def outbox_done(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._connection() as conn:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE id IN ({marks})", chunk)
 
     def close(self) -> None:
         self._closed = True
@@ -134,6 +184,11 @@ class SQLiteSource:
         return conn
 
     def _create_or_adopt(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "namespace TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, "
+            "action TEXT NOT NULL, created_at REAL NOT NULL, claimed_until REAL)"
+        )
         columns = {row[1] for row in conn.execute(f"PRAGMA table_info({self.table})")}
         if not columns:
             conn.execute(
@@ -169,8 +224,32 @@ class AsyncSQLiteSource:
     async def delete(self, key: str) -> int:
         return await asyncio.to_thread(self.inner.delete, key)
 
+    async def write_logged(self, key: str, payload: bytes) -> Logged:
+        return await asyncio.to_thread(self.inner.write_logged, key, payload)
+
+    async def delete_logged(self, key: str) -> Logged:
+        return await asyncio.to_thread(self.inner.delete_logged, key)
+
+    async def outbox_claim(self, older_than: float, limit: int, claim_for: float) -> list[OutboxRow]:
+        return await asyncio.to_thread(self.inner.outbox_claim, older_than, limit, claim_for)
+
+    async def outbox_done(self, ids: list[int]) -> None:
+        await asyncio.to_thread(self.inner.outbox_done, ids)
+
     async def close(self) -> None:
         await asyncio.to_thread(self.inner.close)
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction on an autocommit connection (BEGIN IMMEDIATE: no upgrade deadlock)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 class _Everywhere:

@@ -1,0 +1,71 @@
+"""``writethrough repair``: repair the cache from the durable outbox.
+
+    $ writethrough repair --source postgresql://app@db/app --cache redis://cache:6379/0 \\
+          --namespace profiles            # runs until Ctrl-C
+    $ writethrough repair ... --once      # drain what is there, then exit
+
+Writers that use ``durability="outbox"`` leave an outbox row per write, cleared
+once their cache write landed. Rows older than ``--grace`` belong to writers that
+died or could not reach the cache: this applies a tombstone of each row's version
+(always safe, whatever happened since) and deletes the row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from rich.console import Console
+
+import writethrough
+
+from .store import Store
+
+
+def add_repair(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "repair",
+        help="repair the cache from the durable outbox (writers with durability=outbox)",
+        description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
+    )
+    parser.add_argument("--source", required=True, help="source URL (sqlite:///... or postgresql://...)")
+    parser.add_argument("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    parser.add_argument("--namespace", default="default", help="the writers' namespace (default)")
+    parser.add_argument("--grace", type=float, default=5.0,
+                        help="seconds an outbox row may belong to a live writer (5)")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (0.5)")
+    parser.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    return parser
+
+
+def run_repair(args: argparse.Namespace) -> int:
+    console = Console(stderr=True, highlight=False)
+    with writethrough.open(
+        source=args.source, cache=args.cache, namespace=args.namespace,
+        durability="outbox", outbox_grace=args.grace, repair_worker=False,
+    ) as store:
+        total = drain(store) if args.once else _forever(store, args.interval, console)
+    Console(highlight=False).print(f"repaired {total} outbox row(s) in namespace {args.namespace!r}")
+    return 0
+
+
+def drain(store: Store) -> int:
+    """Repair until a round finds nothing (or the cache stops answering)."""
+    total = 0
+    while (applied := store.repair_once()) > 0:
+        total += applied
+    return total
+
+
+def _forever(store: Store, interval: float, console: Console) -> int:
+    total = 0
+    console.print(f"repairing namespace {store.namespace!r} every {interval}s; Ctrl-C stops")
+    try:
+        while True:
+            applied = drain(store)
+            if applied:
+                total += applied
+                console.print(f"repaired {applied} (total {total})")
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return total
