@@ -109,9 +109,12 @@ def cache_url(request: pytest.FixtureRequest) -> str:
     kind = request.param
     if kind == "memory":
         return "memory://"
+    # Timeouts roomier than the 50 ms default: CI's 2 shared cores stall for longer,
+    # and a timeout is not what these tests are about (the fault tests set their own).
+    roomy = "socket_timeout=0.5&socket_connect_timeout=0.5"
     if kind == "redis":
-        return str(request.getfixturevalue("redis_srv").url)
-    return str(request.getfixturevalue("cluster_srv").url)
+        return f"{request.getfixturevalue('redis_srv').url}?{roomy}"
+    return f"{request.getfixturevalue('cluster_srv').url}?{roomy}"
 
 
 @pytest.fixture(params=SOURCES)

@@ -191,7 +191,8 @@ def test_reads_never_fail_while_the_cache_is_down(proxy: FaultProxy) -> None:
 @pytest.mark.parametrize("protocol", ["versioned", "naive"])
 def test_herd_of_200_threads_on_one_cold_key(redis_srv: Any, protocol: str) -> None:
     with writethrough.open(
-        source="sqlite:///:memory:", cache=redis_srv.url, namespace=f"herd{protocol}",
+        source="sqlite:///:memory:", cache=f"{redis_srv.url}?socket_timeout=0.5",
+        namespace=f"herd{protocol}",
         protocol=protocol, lease_wait=2.0, cache_options={"max_connections": 256},
     ) as store:
         store.put("hot", "v")
@@ -288,7 +289,8 @@ def test_rediss_urls_use_tls_connections() -> None:
 
 
 def test_more_threads_than_pooled_connections_wait_for_a_connection(redis_srv: Any) -> None:
-    with writethrough.open(source="sqlite:///:memory:", cache=redis_srv.url, namespace="pool",
+    with writethrough.open(source="sqlite:///:memory:", cache=f"{redis_srv.url}?socket_timeout=0.5",
+                           namespace="pool",
                            cache_options={"max_connections": 4}) as store:
         store.put("k", 1)
         store.get("k")

@@ -94,9 +94,14 @@ class AsyncStore:
     async def open(self) -> AsyncStore:
         """Connect the backends and start the repair worker (``async with`` does this)."""
         if not self._opened:
+            try:
+                await self.source.open()
+                await self.cache.open()
+            except BaseException:
+                self._closed = False
+                await self.close()
+                raise
             self._opened = True
-            await self.source.open()
-            await self.cache.open()
             if self._worker is not None:
                 self._worker.start()
         return self

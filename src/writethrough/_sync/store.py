@@ -95,9 +95,14 @@ class Store:
     def open(self) -> Store:
         """Connect the backends and start the repair worker (``with`` does this)."""
         if not self._opened:
+            try:
+                self.source.open()
+                self.cache.open()
+            except BaseException:
+                self._closed = False
+                self.close()
+                raise
             self._opened = True
-            self.source.open()
-            self.cache.open()
             if self._worker is not None:
                 self._worker.start()
         return self
