@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent / "src" / "writethrough"
 FILES = [
     ("_async/store.py", "_sync/store.py"),
     ("_async/redis_cache.py", "_sync/redis_cache.py"),
+    ("_async/postgres_source.py", "_sync/postgres_source.py"),
 ]
 # Whole-word replacements, applied in order.
 WORDS = [
@@ -29,6 +30,11 @@ WORDS = [
     ("AsyncSource", "Source"),
     ("AsyncRedisCache", "RedisCache"),
     ("AsyncRedisClusterCache", "RedisClusterCache"),
+    ("AsyncPostgresSource", "PostgresSource"),
+    ("AsyncConnectionPool", "ConnectionPool"),
+    ("AsyncConnection", "Connection"),
+    ("AsyncIterator", "Iterator"),
+    ("asynccontextmanager", "contextmanager"),
     ("__aenter__", "__enter__"),
     ("__aexit__", "__exit__"),
     ("open_async", "open"),

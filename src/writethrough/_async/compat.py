@@ -98,3 +98,10 @@ class RepairWorker:
                 await self.repair_once()
             except Exception:
                 continue  # a worker must not die; the next round retries
+
+
+def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``fn()`` in the background (a task of the running loop)."""
+    task = asyncio.ensure_future(fn())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -93,3 +93,8 @@ class RepairWorker:
                 self.repair_once()
             except Exception:
                 continue  # a worker must not die; the next round retries
+
+
+def spawn(fn: Callable[[], None]) -> None:
+    """Run ``fn()`` in the background (a daemon thread)."""
+    threading.Thread(target=fn, name="writethrough-background", daemon=True).start()

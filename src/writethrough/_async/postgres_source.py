@@ -1,0 +1,282 @@
+"""PostgreSQL as the source of truth (psycopg 3 and its pool).
+
+Versions come from the statement that writes the row
+(``INSERT ... ON CONFLICT (namespace, key) DO UPDATE SET version = t.version + 1
+RETURNING version``), each statement its own transaction (autocommit). Under READ
+COMMITTED a conflicting upsert waits for the row lock, then updates the newest
+committed row, so versions follow commit order. A delete keeps the row with a NULL
+value and a new version, so a re-insert never goes back.
+
+The asyncio version (``_async/postgres_source.py``, on ``AsyncConnectionPool``) is
+written by hand; the sync one is generated from it by ``scripts/unasync.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import ConfigError, SourceError, SourceUnavailable
+from ..sources.base import Logged, OutboxRow, Row
+from ..sources.postgres_sql import (
+    DEFAULT_TABLE,
+    EXPECTED_TYPES,
+    OUTBOX_TABLE,
+    SQL_CLAIM,
+    SQL_COLUMNS,
+    SQL_CREATE,
+    SQL_CREATE_OUTBOX,
+    SQL_LOGGED,
+    SQL_READ,
+    SQL_UNIQUE,
+    SQL_UPSERT,
+    AsyncConnection,
+    check_key_text,
+    describe,
+    map_error,
+    validate,
+)
+from .compat import spawn
+
+_RACE = (pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject)
+
+
+class AsyncPostgresSource:
+    """Rows of one namespace in a PostgreSQL table, over a pool of connections.
+
+        >>> src = AsyncPostgresSource("postgresql://app@127.0.0.1:5432/app", namespace="p")
+        >>> await src.open()
+        >>> await src.write("user:1", b'{"name":"Ann"}')
+        1
+        >>> await src.close()
+
+    ``open()`` connects once (a bad DSN or a server that is down raises
+    SourceUnavailable within ``connect_timeout`` seconds), creates the table or
+    adopts it, and fills the pool. Each call borrows a pooled connection for one
+    statement.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        namespace: str,
+        table: str = DEFAULT_TABLE,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        connect_timeout: int = 5,
+        statement_timeout_ms: int = 5000,
+    ) -> None:
+        validate(table, pool_min, pool_max, connect_timeout, statement_timeout_ms)
+        try:
+            params: dict[str, Any] = conninfo_to_dict(conninfo)
+        except psycopg.Error:
+            raise ConfigError("malformed PostgreSQL connection string") from None
+        params.setdefault("application_name", "writethrough")
+        params["connect_timeout"] = connect_timeout
+        self._conninfo = make_conninfo(**params)
+        self._password = str(params.get("password") or "")
+        self.where = describe(params)
+        self.namespace = namespace
+        self.table = table
+        self.pool_min, self.pool_max = pool_min, pool_max
+        self.connect_timeout = connect_timeout
+        self.statement_timeout_ms = statement_timeout_ms
+        self._sql_read = sql.SQL(SQL_READ).format(sql.Identifier(table))
+        self._sql_write = sql.SQL(SQL_UPSERT).format(sql.Identifier(table))
+        outbox = sql.Identifier(OUTBOX_TABLE)
+        self._sql_logged = sql.SQL(SQL_LOGGED).format(sql.Identifier(table), outbox)
+        self._sql_claim = sql.SQL(SQL_CLAIM).format(outbox)
+        self._sql_done = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(outbox)
+        self._outbox_ready = False
+        self._checking = False  # one background pool check at a time
+        self._pool: AsyncConnectionPool[AsyncConnection] | None = None
+
+    async def open(self) -> None:
+        """Connect, create or adopt the table, fill the pool."""
+        if self._pool is not None:
+            return
+        with self._boundary():
+            async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+                await self._configure(conn)
+                await self._create_or_adopt(conn)
+        # autocommit: each statement is its own transaction. timeout: the longest wait
+        # for a free connection (a server that is down must not cost more than connecting).
+        pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
+            self._conninfo,
+            min_size=self.pool_min,
+            max_size=self.pool_max,
+            kwargs={"autocommit": True},
+            configure=self._configure,
+            timeout=self.connect_timeout,
+            name=f"writethrough-{self.namespace}",
+            open=False,
+        )
+        try:
+            with self._boundary():
+                await pool.open(wait=True, timeout=self.connect_timeout)
+        except BaseException:
+            await pool.close(timeout=0)
+            raise
+        self._pool = pool
+
+    async def read(self, key: str) -> Row:
+        params = (self.namespace, check_key_text(key))
+        async with self._connection() as conn:
+            found = await (await conn.execute(self._sql_read, params)).fetchone()
+        if found is None:
+            return Row(0, None)
+        return Row(int(found[0]), None if found[1] is None else bytes(found[1]))
+
+    async def write(self, key: str, payload: bytes) -> int:
+        return await self._upsert(key, payload)
+
+    async def delete(self, key: str) -> int:
+        return await self._upsert(key, None)
+
+    async def truncate_namespace(self) -> int:
+        """Delete every row of this namespace (and its outbox rows); returns how many rows.
+
+        Versions then restart at 1, below what a cache may still hold: clear this
+        namespace in the cache too, or never use it again (tests, cleanup tools).
+        """
+        delete = sql.SQL("DELETE FROM {} WHERE namespace = %s")
+        async with self._connection() as conn:
+            if await (await conn.execute("SELECT to_regclass(%s)", (OUTBOX_TABLE,))).fetchone() != (None,):
+                await conn.execute(delete.format(sql.Identifier(OUTBOX_TABLE)), (self.namespace,))
+            items = delete.format(sql.Identifier(self.table))
+            return (await conn.execute(items, (self.namespace,))).rowcount
+
+    # -- the outbox (durability="outbox") -------------------------------------------
+
+    async def write_logged(self, key: str, payload: bytes) -> Logged:
+        return await self._logged(key, payload, "write")
+
+    async def delete_logged(self, key: str) -> Logged:
+        return await self._logged(key, None, "delete")
+
+    async def outbox_claim(self, older_than: float, limit: int, claim_for: float) -> list[OutboxRow]:
+        params = {"ns": self.namespace, "older_than": older_than, "limit": limit, "claim_for": claim_for}
+        async with self._connection() as conn:
+            await self._ensure_outbox(conn)
+            found = await (await conn.execute(self._sql_claim, params)).fetchall()
+        rows = [OutboxRow(int(i), str(k), int(v), str(a)) for i, k, v, a in found]
+        return sorted(rows, key=lambda row: row.id)
+
+    async def outbox_done(self, ids: list[int]) -> None:
+        if ids:
+            async with self._connection() as conn:
+                await conn.execute(self._sql_done, (list(ids),))
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    # -- I/O boundary ------------------------------------------------------------
+
+    async def _logged(self, key: str, payload: bytes | None, action: str) -> Logged:
+        params = (self.namespace, check_key_text(key), payload, self.namespace, key, action)
+        async with self._connection() as conn:
+            await self._ensure_outbox(conn)
+            found = await (await conn.execute(self._sql_logged, params)).fetchone()
+        if found is None:  # pragma: no cover - RETURNING always returns the row
+            raise SourceError(f"PostgreSQL {self.where}: the logged upsert returned nothing")
+        return Logged(int(found[0]), int(found[1]))
+
+    async def _ensure_outbox(self, conn: AsyncConnection) -> None:
+        """Create the outbox on first use, so stores without one need no more DDL."""
+        if self._outbox_ready:
+            return
+        if await (await conn.execute("SELECT to_regclass(%s)", (OUTBOX_TABLE,))).fetchone() == (None,):
+            outbox = sql.Identifier(OUTBOX_TABLE)
+            with suppress(*_RACE):
+                await conn.execute(sql.SQL(SQL_CREATE_OUTBOX).format(outbox))
+            with suppress(*_RACE):
+                index = sql.Identifier(f"{OUTBOX_TABLE}_namespace_id")
+                await conn.execute(
+                    sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (namespace, id)").format(index, outbox)
+                )
+        self._outbox_ready = True
+
+    async def _upsert(self, key: str, payload: bytes | None) -> int:
+        params = (self.namespace, check_key_text(key), payload)
+        async with self._connection() as conn:
+            found = await (await conn.execute(self._sql_write, params)).fetchone()
+        if found is None:  # pragma: no cover - RETURNING always returns the row
+            raise SourceError(f"PostgreSQL {self.where}: the upsert returned no version")
+        return int(found[0])
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        if self._pool is None:
+            raise SourceUnavailable(f"the PostgreSQL source {self.where} is not open")
+        try:
+            with self._boundary():
+                async with self._pool.connection() as conn:
+                    yield conn
+        except SourceUnavailable:
+            self._check_idle_connections()
+            raise
+
+    def _check_idle_connections(self) -> None:
+        # A restarted server leaves every pooled connection dead: test the idle ones now,
+        # so one call fails, not one per connection. In the background: on a dead network
+        # a check can hang until TCP gives up, and the caller's time budget is its own.
+        if self._checking:
+            return
+        self._checking = True
+        spawn(self._check_pool)
+
+    async def _check_pool(self) -> None:
+        try:
+            with suppress(Exception):
+                if self._pool is not None:
+                    await self._pool.check()
+        finally:
+            self._checking = False
+
+    @contextmanager
+    def _boundary(self) -> Any:
+        """Map psycopg and pool errors into SourceError (the password scrubbed)."""
+        try:
+            yield
+        except psycopg.Error as exc:
+            raise map_error(exc, self.where, self._password) from exc
+
+    async def _configure(self, conn: AsyncConnection) -> None:
+        timeout = f"{self.statement_timeout_ms}ms"
+        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+
+    async def _create_or_adopt(self, conn: AsyncConnection) -> None:
+        name = {"t": sql.Identifier(self.table).as_string(conn)}
+        if not await (await conn.execute(SQL_COLUMNS, name)).fetchall():
+            # A concurrent CREATE TABLE IF NOT EXISTS can lose the race on pg_type's index.
+            with suppress(*_RACE):
+                await conn.execute(sql.SQL(SQL_CREATE).format(sql.Identifier(self.table)))
+        found = {n: (t, req) for n, t, req in await (await conn.execute(SQL_COLUMNS, name)).fetchall()}
+        problems = [
+            f"{column} is not {' or '.join(types)}"
+            for column, types in EXPECTED_TYPES.items()
+            if found.get(column, ("missing",))[0] not in types
+        ]
+        problems += [
+            f"extra column {column} is NOT NULL without a default"
+            for column, (_, req) in found.items()
+            if column not in EXPECTED_TYPES and req
+        ]
+        if await (await conn.execute(SQL_UNIQUE, name)).fetchone() != (True,):
+            problems.append("no primary key or unique index on exactly (namespace, key)")
+        if problems:
+            raise ConfigError(
+                f"table {self.table!r} on {self.where} has the wrong shape: "
+                f"{'; '.join(problems)}; use another table (?table=...)"
+            )
