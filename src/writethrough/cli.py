@@ -25,6 +25,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
+from .cli_chaos import add_chaos, run_chaos
+from .cli_events import add_install_triggers, add_listen, run_install_triggers, run_listen
 from .cli_repair import add_repair, run_repair
 from .errors import ConfigError, WritethroughError
 from .store import PROTOCOLS, STRATEGIES, Strategy
@@ -327,6 +329,9 @@ def check_plot_path(path: str | Path) -> None:
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
     "repair": (add_repair, run_repair),
+    "chaos": (add_chaos, run_chaos),
+    "install-triggers": (add_install_triggers, run_install_triggers),
+    "listen": (add_listen, run_listen),
 }
 
 
