@@ -24,9 +24,8 @@ import orjson
 import redis.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import redis_server  # noqa: E402
-
-import writethrough  # noqa: E402
+import writethrough
+from servers import redis_server
 
 PROFILE = {"name": "Alice", "balance": 400, "email": "alice@example.com", "tags": ["a", "b"]}
 TASKS = 64

@@ -21,12 +21,11 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from servers import redis_server  # noqa: E402
-
-import writethrough  # noqa: E402
-from writethrough.caches.redis import RedisCache  # noqa: E402
-from writethrough.protocol import Kind  # noqa: E402
-from writethrough.tools.faults import FaultySource  # noqa: E402
+import writethrough
+from servers import redis_server
+from writethrough.caches.redis import RedisCache
+from writethrough.protocol import Kind
+from writethrough.tools.faults import FaultySource
 
 PROFILE = {"name": "Alice", "balance": 400, "email": "alice@example.com", "tags": ["a", "b"]}
 
