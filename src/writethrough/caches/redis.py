@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+ASYNC_CLUSTER_CONCURRENCY = 4
+
+
 def _standalone(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
     if len(url.hosts) != 1:
         raise ConfigError(f"a redis:// URL names one host, got {len(url.hosts)}: {url.redacted()}")
@@ -101,4 +104,8 @@ def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterC
     nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds]
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
-    return AsyncRedisClusterCache(client, max_concurrency=kwargs["max_connections"])
+    # redis-py 8.1's asyncio cluster client loses connections ("'NoneType' object has no
+    # attribute 'writelines'", "Connection closed by server") when more than a few
+    # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.
+    limit = url.option("max_concurrency", int, ASYNC_CLUSTER_CONCURRENCY)
+    return AsyncRedisClusterCache(client, max_concurrency=limit)

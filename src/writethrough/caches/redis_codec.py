@@ -58,6 +58,10 @@ def mapped_errors() -> Iterator[None]:
         raise CacheError(f"Redis error: {exc}") from exc
     except OSError as exc:
         raise CacheUnavailable(f"Redis socket error: {exc}") from exc
+    except (AttributeError, TypeError) as exc:
+        # Seen inside redis-py's asyncio cluster client when it loses a connection
+        # under load: a client fault, not ours; the store treats it as the cache failing.
+        raise CacheUnavailable(f"Redis client failed: {exc!r}") from exc
 
 
 OPTIONS: dict[str, Callable[[str], Any]] = {
@@ -71,6 +75,7 @@ OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_certfile": str,
     "ssl_keyfile": str,
     "client_name": str,
+    "max_concurrency": int,  # asyncio cluster only: commands in flight at once
 }
 DEFAULTS: dict[str, Any] = {
     "socket_timeout": 0.05,
@@ -88,7 +93,7 @@ def client_options(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
         )
     kwargs = dict(DEFAULTS)
     for name, convert in OPTIONS.items():
-        if name in url.query:
+        if name in url.query and name != "max_concurrency":  # ours, not the client's
             kwargs[name] = url.option(name, convert, None)
     kwargs.update(options)
     for name in ("socket_timeout", "socket_connect_timeout"):
