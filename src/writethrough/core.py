@@ -60,7 +60,8 @@ STAT_NAMES = (
     "fills",
     "fills_dropped",  # fills refused because their lease was gone (a write or loss came first)
     "lease_waits",
-    "flight_joins",  # misses that awaited this process's own load of the key
+    "flight_joins",
+    "below_floor",  # hits older than this process's last DB read of the key: read the DB  # misses that awaited this process's own load of the key
     "read_through",  # DB reads that did not fill the cache (cache down, lease busy, pending repair)
     "pending_repair_reads",
     "repairs_recorded",

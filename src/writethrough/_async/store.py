@@ -34,6 +34,7 @@ from .compat import Flights, RepairWorker, shielded, sleep
 _MISSING: Any = object()
 _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
+FLOOR_KEYS = 10_000  # read floors kept per store (monotonic reads; see AsyncStore._hit)
 
 
 class AsyncStore:
@@ -72,6 +73,7 @@ class AsyncStore:
         self.flights = Flights()
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
+        self._floors: dict[str, int] = {}  # key -> newest version read from the DB, see _hit
         self._hits = self.stats.counters["hits"]
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
@@ -136,6 +138,7 @@ class AsyncStore:
             and 0 < len(key) <= self._max_key
             and key.isascii()
             and key not in self._pending
+            and key not in self._floors
             and self.breaker.closed
         ):
             try:
@@ -158,19 +161,36 @@ class AsyncStore:
         entry = await self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
         if entry is not _MISSING and entry is not None and entry.kind is _VALUE:
             self.stats.add("hits")
-            return Versioned(self._loads(entry.payload), entry.version)
+            return await self._hit(key, entry)
         self.stats.add("misses")
         if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
             return await self._read_source(key)
         if not self._versioned:
             return await self._naive_fill(key, ckey)
         if entry is not None and entry.kind is _LEASE:
-            joined = await self._join_local_flight(entry.payload)
+            joined = await self._join_local_flight(key, entry.payload)
             if joined is not _MISSING:
                 return joined  # type: ignore[no-any-return]
         return await self._leased_fill(key, ckey)
 
-    async def _join_local_flight(self, token: bytes) -> Any:
+    async def _hit(self, key: str, entry: Entry) -> Versioned | None:
+        """A value from the cache, unless this process already read a newer one from the DB.
+
+        A read that went to the DB (lease busy, cache down, pending repair) may have
+        seen a version the cache does not hold yet; returning the cached one next
+        would go back in time for this process. So the DB read leaves a floor, and
+        a hit below it reads the DB again until the cache catches up.
+        """
+        floor = self._floors.get(key)
+        if floor is not None:
+            if entry.version < floor:
+                self.stats.add("below_floor")
+                return await self._read_source(key)
+            if self._floors.get(key) == floor:
+                self._floors.pop(key, None)
+        return Versioned(self._loads(entry.payload), entry.version)
+
+    async def _join_local_flight(self, key: str, token: bytes) -> Any:
         """If this process holds the lease, await its load (one DB load per key per process).
 
         Safe: the lease is still in the cache, so no write was acknowledged since
@@ -180,6 +200,8 @@ class AsyncStore:
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
+        if row.version < self._floors.get(key, 0):
+            return await self._read_source(key)
         return self._versioned_row(row)
 
     async def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
@@ -190,13 +212,13 @@ class AsyncStore:
         outcome, found = leased
         if outcome is LeaseOutcome.HIT and found is not None:
             self.stats.add("late_hits")
-            return Versioned(self._loads(found.payload), found.version)
+            return await self._hit(key, found)
         if outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = await self._join_local_flight(found.payload)
+                joined = await self._join_local_flight(key, found.payload)
                 if joined is not _MISSING:
                     return joined  # type: ignore[no-any-return]
-            waited = await self._wait_for_fill(ckey)
+            waited = await self._wait_for_fill(key, ckey)
             if waited is not None:
                 return waited
             return await self._read_source(key)
@@ -212,7 +234,7 @@ class AsyncStore:
         self.stats.add("fills" if stored is True else "fills_dropped")
         return self._versioned_row(row)
 
-    async def _wait_for_fill(self, ckey: str) -> Versioned | None:
+    async def _wait_for_fill(self, key: str, ckey: str) -> Versioned | None:
         """Another process holds the lease: poll briefly for its fill."""
         self.stats.add("lease_waits")
         deadline = self.clock() + self.settings.lease_wait
@@ -225,7 +247,7 @@ class AsyncStore:
                 return None
             if entry is not None and entry.kind is _VALUE:
                 self.stats.add("late_hits")
-                return Versioned(self._loads(entry.payload), entry.version)
+                return await self._hit(key, entry)
             if entry is None or entry.kind is Kind.TOMBSTONE:
                 return None  # the lease ended without a value: read the DB
         return None
@@ -244,6 +266,10 @@ class AsyncStore:
     async def _read_source_row(self, key: str) -> Row:
         row = await self.source.read(key)
         self.stats.add("source_reads")
+        if self._versioned and row.version > self._floors.get(key, 0):
+            if len(self._floors) >= FLOOR_KEYS:  # bounded: forget the oldest floor
+                self._floors.pop(next(iter(self._floors)), None)
+            self._floors[key] = row.version
         return row
 
     def _versioned_row(self, row: Row) -> Versioned | None:
