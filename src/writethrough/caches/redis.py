@@ -94,8 +94,13 @@ def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
     if kwargs.pop("ssl", False):
         kwargs["connection_class"] = redis.asyncio.SSLConnection
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    pool = redis.asyncio.BlockingConnectionPool(retry=retry, **kwargs)
-    return AsyncRedisCache(redis.asyncio.Redis(connection_pool=pool))
+    kwargs.pop("timeout")
+    # A plain pool behind a semaphore of the same size: tasks beyond max_connections
+    # wait their turn (the plain pool alone would fail them), and an uncontended
+    # semaphore is cheaper than redis.asyncio's BlockingConnectionPool.
+    pool = redis.asyncio.ConnectionPool(retry=retry, **kwargs)
+    client = redis.asyncio.Redis(connection_pool=pool)
+    return AsyncRedisCache(client, max_concurrency=kwargs["max_connections"])
 
 
 def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterCache:
