@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -105,3 +106,8 @@ def spawn(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
     task = asyncio.ensure_future(fn())
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def floor_guard() -> AbstractContextManager[Any]:
+    """One event loop thread: the store's read floors need no lock."""
+    return nullcontext()

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -98,3 +99,8 @@ class RepairWorker:
 def spawn(fn: Callable[[], None]) -> None:
     """Run ``fn()`` in the background (a daemon thread)."""
     threading.Thread(target=fn, name="writethrough-background", daemon=True).start()
+
+
+def floor_guard() -> AbstractContextManager[Any]:
+    """Threads share the store's read floors: check-then-act under a lock."""
+    return threading.Lock()

@@ -30,7 +30,7 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
 from ..sources.base import OutboxSource, Source, Row
-from .compat import Flights, RepairWorker, shielded, sleep
+from .compat import Flights, RepairWorker, floor_guard, shielded, sleep
 
 _MISSING: Any = object()
 _VALUE = Kind.VALUE
@@ -75,6 +75,7 @@ class Store:
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
         self._floors: dict[str, int] = {}  # key -> newest version read from the DB, see _hit
+        self._floor_guard = floor_guard()
         self._hits = self.stats.counters["hits"]
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
@@ -182,13 +183,15 @@ class Store:
         would go back in time for this process. So the DB read leaves a floor, and
         a hit below it reads the DB again until the cache catches up.
         """
-        floor = self._floors.get(key)
-        if floor is not None:
-            if entry.version < floor:
+        if key in self._floors:
+            with self._floor_guard:  # check-then-act: atomic between threads
+                floor = self._floors.get(key)
+                below = floor is not None and entry.version < floor
+                if floor is not None and not below:
+                    del self._floors[key]  # the cache caught up
+            if below:
                 self.stats.add("below_floor")
                 return self._read_source(key)
-            if self._floors.get(key) == floor:
-                self._floors.pop(key, None)
         return Versioned(self._loads(entry.payload), entry.version)
 
     def _join_local_flight(self, key: str, token: bytes) -> Any:
@@ -267,10 +270,12 @@ class Store:
     def _read_source_row(self, key: str) -> Row:
         row = self.source.read(key)
         self.stats.add("source_reads")
-        if self._versioned and row.version > self._floors.get(key, 0):
-            if len(self._floors) >= FLOOR_KEYS:  # bounded: forget the oldest floor
-                self._floors.pop(next(iter(self._floors)), None)
-            self._floors[key] = row.version
+        if self._versioned:
+            with self._floor_guard:
+                if row.version > self._floors.get(key, 0):
+                    if len(self._floors) >= FLOOR_KEYS:  # bounded: forget the oldest floor
+                        self._floors.pop(next(iter(self._floors)), None)
+                    self._floors[key] = row.version
         return row
 
     def _versioned_row(self, row: Row) -> Versioned | None:
