@@ -91,6 +91,8 @@ def test_errors_are_also_builtin_types_for_callers_that_catch_those() -> None:
         ({"strategy": "write-back"}, "strategy"),
         ({"protocol": "magic"}, "protocol"),
         ({"on_empty": "maybe"}, "on_empty"),
+        ({"breaker_threshold": 0}, "breaker_threshold"),
+        ({"breaker_reset": 0}, "breaker_reset"),
         ({"namespace": ""}, "namespace"),
         ({"namespace": "a b"}, "namespace"),
         ({"cache": "memcached://x"}, "unknown cache URL scheme"),

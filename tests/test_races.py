@@ -211,3 +211,14 @@ def test_herd_of_threads_missing_one_key_loads_it_once(make_store: MakeStore) ->
         t.join(10)
     assert results == ["v"] * 50
     assert source.calls["read"] == 1, f"DB loads: {source.calls['read']}"
+
+
+def test_the_breaker_is_settable(make_store: MakeStore) -> None:
+    store = make_store(repair_worker=False, breaker_threshold=2, breaker_reset=30.0)
+    cache, _ = faulty(store)
+    cache.fail("write", CacheTimeout("down"))
+    store.put("a", 1)
+    assert store.breaker.opened == 1, "two failed attempts of one put open it"
+    calls = cache.calls["write"]
+    store.put("b", 1)
+    assert cache.calls["write"] == calls, "open for 30 s: no cache call"

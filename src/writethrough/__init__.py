@@ -72,6 +72,8 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     repair_worker: bool = True,
     durability: Durability = "best-effort",
     outbox_grace: float = 5.0,
+    breaker_threshold: int = 5,
+    breaker_reset: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -141,6 +143,8 @@ def open_async(
     repair_worker: bool = True,
     durability: Durability = "best-effort",
     outbox_grace: float = 5.0,
+    breaker_threshold: int = 5,
+    breaker_reset: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -206,6 +210,8 @@ def _settings(given: dict[str, Any]) -> Settings:
         repair_interval=given["repair_interval"],
         durability=given["durability"],
         outbox_grace=given["outbox_grace"],
+        breaker_threshold=given["breaker_threshold"],
+        breaker_reset=given["breaker_reset"],
     )
 
 

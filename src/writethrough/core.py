@@ -117,6 +117,8 @@ class Settings:
     repair_interval: float = 0.05
     durability: Durability = "best-effort"
     outbox_grace: float = 5.0  # outbox rows younger than this belong to live writers
+    breaker_threshold: int = 5  # consecutive cache failures that open the circuit
+    breaker_reset: float = 1.0  # seconds the circuit stays open before a probe
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -128,6 +130,9 @@ class Settings:
         if self.durability == "outbox" and self.protocol != "versioned":
             raise ConfigError("durability='outbox' needs protocol='versioned'")
         _positive("outbox_grace", self.outbox_grace, allow_zero=True)
+        _positive("breaker_reset", self.breaker_reset)
+        if not isinstance(self.breaker_threshold, int) or self.breaker_threshold < 1:
+            raise ConfigError(f"breaker_threshold must be an int >= 1, got {self.breaker_threshold!r}")
         if self.on_empty not in ("tombstone", "value"):
             raise ConfigError(f"on_empty must be 'tombstone' or 'value', not {self.on_empty!r}")
         for name in ("ttl", "tombstone_ttl", "lease_ttl", "write_budget", "repair_interval"):

@@ -70,7 +70,9 @@ class Store:
         self.sleep = sleep
         self.stats = Stats()
         self.repairs = RepairLog()
-        self.breaker = CircuitBreaker(clock=clock)
+        self.breaker = CircuitBreaker(
+            self.settings.breaker_threshold, self.settings.breaker_reset, clock=clock
+        )
         self.flights = Flights()
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
