@@ -131,6 +131,9 @@ class FaultyCache(_Faults):
     def delete(self, key: str) -> None:
         self.call("delete", lambda: self.inner.delete(key))
 
+    def open(self) -> None:
+        self.inner.open()
+
     def close(self) -> None:
         self.inner.close()
 
@@ -152,6 +155,9 @@ class FaultySource(_Faults):
 
     def delete(self, key: str) -> int:
         return int(self.call("delete", lambda: self.inner.delete(key)))
+
+    def open(self) -> None:
+        self.inner.open()
 
     def close(self) -> None:
         self.inner.close()
