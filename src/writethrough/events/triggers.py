@@ -32,12 +32,10 @@ TRUNCATE fires no row triggers: it records no events (the TTL bounds what the ca
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg
@@ -45,17 +43,16 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from ..checks import check_count, check_identifier, check_namespace
 from ..errors import ConfigError
 from ..sources.postgres import map_error
+from ..sources.postgres_sql import describe, validate
+from ..urls import parse_url
 
 Connection = psycopg.Connection[TupleRow]
 EVENTS_TABLE = "writethrough_events"
 FLOOR_TABLE = "writethrough_version_floor"
 CHANNEL = "writethrough_events"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-# Options of the store's postgresql:// source URLs that are not libpq's: ignored here.
-_STORE_OPTIONS = {"table", "pool_min", "pool_max", "statement_timeout_ms", "connect_timeout"}
 
 # claimed_until is reserved for lease-style claims; the listener claims with row locks
 # (FOR UPDATE SKIP LOCKED inside its transaction) and leaves it NULL.
@@ -145,33 +142,31 @@ class Installed:
 
 @dataclass(frozen=True, slots=True)
 class PgTarget:
-    """A parsed ``postgresql://`` URL: libpq conninfo, and how to name it in messages."""
+    """A parsed ``postgresql://`` URL: libpq conninfo, and how to name it in messages.
 
-    conninfo: str
+    ``repr()`` shows ``where`` only: the conninfo and the password are secrets.
+    """
+
+    conninfo: str = field(repr=False)
     where: str
-    password: str
+    password: str = field(repr=False)
 
     @staticmethod
     def parse(url: str, *, connect_timeout: int = 5, application_name: str = "writethrough"
               ) -> PgTarget:
-        """Accept the store's source URLs (its own options such as ``?table=`` are ignored)."""
-        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-            raise ConfigError("expected a postgresql://user@host:port/db source URL")
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        timeout = next((v for k, v in query if k == "connect_timeout"), str(connect_timeout))
-        kept = [(k, v) for k, v in query if k not in _STORE_OPTIONS]
-        try:
-            params: dict[str, Any] = conninfo_to_dict(urlunsplit(parts._replace(
-                query=urlencode(kept))))
-            params["connect_timeout"] = int(timeout)
-        except (psycopg.Error, ValueError):
-            raise ConfigError("malformed PostgreSQL source URL") from None
+        """Accept the store's source URLs, parsed and checked as the store does (its own
+        options such as ``?table=`` are checked, then ignored here)."""
+        from ..sources.postgres import _parse
+
+        parsed = parse_url(url, kind="source", schemes={"postgresql": "", "postgres": ""})
+        conninfo, options = _parse(parsed, {})
+        validate(**options)  # the store's options, checked as the store checks them
+        timeout = options["connect_timeout"] if "connect_timeout" in parsed.query else connect_timeout
+        check_count("connect_timeout", timeout, least=1, most=3600)  # 0: libpq waits forever
+        params: dict[str, Any] = conninfo_to_dict(conninfo)
+        params["connect_timeout"] = timeout
         params.setdefault("application_name", application_name)
-        user = f"{params['user']}@" if params.get("user") else ""
-        port = f":{params['port']}" if params.get("port") else ""
-        where = f"{user}{params.get('host') or 'localhost'}{port}/{params.get('dbname', '')}"
-        return PgTarget(make_conninfo(**params), where, str(params.get("password") or ""))
+        return PgTarget(make_conninfo(**params), describe(params), str(params.get("password") or ""))
 
     @contextmanager
     def errors(self) -> Iterator[None]:
@@ -207,17 +202,7 @@ def ensure_schema(conn: Connection) -> None:
 
 
 def identifier(name: object, what: str) -> str:
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise ConfigError(f"{what} {name!r} is not a plain SQL identifier")
-    return name
-
-
-def check_namespace(namespace: object) -> str:
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-        raise ConfigError(
-            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
-        )
-    return namespace
+    return check_identifier(name, what)
 
 
 def table_identifier(table: object) -> sql.Identifier:
