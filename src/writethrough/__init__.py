@@ -10,12 +10,12 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Generator
 from typing import Any
 
 from .caches import open_async_cache, open_cache
+from .checks import check_namespace
 from .core import Durability
 from .errors import (
     CacheError,
@@ -32,7 +32,7 @@ from .errors import (
 )
 from .protocol import OnEmpty
 from .repair import RetryPolicy
-from .serializers import BytesSerializer, JSONSerializer, Serializer
+from .serializers import BytesSerializer, JSONSerializer, Serializer, checked_serializer
 from .sources import open_async_source, open_source
 from .store import (
     AsyncStore,
@@ -47,7 +47,6 @@ from .store import (
 )
 
 __version__ = "0.1.0"
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def open(  # the public name the API promises (shadows the builtin inside this module only)
@@ -103,9 +102,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
     settings = _settings(locals())
-    opened_cache = open_cache(cache, **(cache_options or {}))
+    serializer = checked_serializer(serializer)
+    opened_cache = open_cache(cache, **_options("cache_options", cache_options))
     try:
-        opened_source = open_source(source, namespace=namespace, **(source_options or {}))
+        opened_source = open_source(
+            source, namespace=namespace, **_options("source_options", source_options))
     except BaseException:
         opened_cache.close()
         raise
@@ -156,8 +157,10 @@ def open_async(
         # or: store = await writethrough.open_async(...); ...; await store.close()
     """
     settings = _settings(locals())
-    opened_cache = open_async_cache(cache, **(cache_options or {}))
-    opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
+    serializer = checked_serializer(serializer)
+    opened_cache = open_async_cache(cache, **_options("cache_options", cache_options))
+    opened_source = open_async_source(
+        source, namespace=namespace, **_options("source_options", source_options))
     return AsyncOpener(
         AsyncStore(
             opened_source,
@@ -188,11 +191,12 @@ class AsyncOpener:
 
 
 def _settings(given: dict[str, Any]) -> Settings:
-    namespace = given["namespace"]
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-        raise ConfigError(
-            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
-        )
+    """Every setting of open()/open_async() checked, before anything is opened."""
+    check_namespace(given["namespace"])
+    if not callable(given["clock"]):
+        raise ConfigError(f"clock must be a callable returning seconds, got {given['clock']!r}")
+    if not isinstance(given["repair_worker"], bool):
+        raise ConfigError(f"repair_worker must be True or False, got {given['repair_worker']!r}")
     tombstone_ttl = given["tombstone_ttl"]
     return Settings(
         strategy=given["strategy"],
@@ -213,6 +217,15 @@ def _settings(given: dict[str, Any]) -> Settings:
         breaker_threshold=given["breaker_threshold"],
         breaker_reset=given["breaker_reset"],
     )
+
+
+def _options(name: str, options: object) -> dict[str, Any]:
+    """``source_options`` / ``cache_options``: None or a dict of keyword arguments."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"{name} must be a dict of option names to values, got {options!r}")
+    return options
 
 
 def _default_tombstone_ttl(ttl: object) -> float:

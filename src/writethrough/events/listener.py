@@ -32,6 +32,7 @@ from psycopg.pq import TransactionStatus
 
 from ..caches import open_cache
 from ..caches.base import Cache
+from ..checks import check_count, check_namespace, check_seconds
 from ..errors import CacheError, ConfigError, SourceError, SourceUnavailable
 from ..protocol import Kind, OnEmpty, WriteOutcome
 from ..repair import RetryPolicy
@@ -39,7 +40,6 @@ from .triggers import (
     CHANNEL,
     Connection,
     PgTarget,
-    check_namespace,
     ensure_schema,
     identifier,
     row_queries,
@@ -96,10 +96,11 @@ class Keyspace:
             raise ConfigError(f"on_empty must be value or tombstone: {self.on_empty!r}")
         for name in ("ttl", "tombstone_ttl"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int | float) or not value > 0):
-                raise ConfigError(f"{name} must be > 0 seconds, got {value!r}")
-        if not 0 <= self.ttl_jitter < 1:
-            raise ConfigError(f"ttl_jitter must be in [0, 1), got {self.ttl_jitter!r}")
+            if value is not None:
+                check_seconds(name, value)  # at most ten years: a Redis TTL in ms must fit
+        jitter = self.ttl_jitter
+        if not (isinstance(jitter, int | float) and not isinstance(jitter, bool) and 0 <= jitter < 1):
+            raise ConfigError(f"ttl_jitter must be a number in [0, 1), got {jitter!r}")
 
     @property
     def tombstone_seconds(self) -> float:
@@ -172,10 +173,12 @@ class Listener:
         for name, space in keyspaces.items():
             if not isinstance(space, Keyspace) or name != space.namespace:
                 raise ConfigError(f"keyspaces must map each namespace to its Keyspace: {name!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if not poll_interval > 0:
-            raise ConfigError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
+        check_count("batch_size", batch_size, most=100_000)
+        check_seconds("poll_interval", poll_interval)
+        check_count("statement_timeout_ms", statement_timeout_ms, least=0, most=2**31 - 1)
+        check_count("lag_samples", lag_samples, most=10_000_000)
+        if backoff is not None and not isinstance(backoff, RetryPolicy):
+            raise ConfigError(f"backoff must be a RetryPolicy, got {type(backoff).__name__}")
         self.batch_size = batch_size
         self.poll_interval = float(poll_interval)
         self.backoff = backoff or RetryPolicy(retries=0, base=0.05, cap=2.0)
