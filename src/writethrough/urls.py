@@ -112,13 +112,17 @@ def parse_url(url: object, *, kind: str, schemes: Mapping[str, str]) -> ParsedUR
         bad_query = True
     else:
         bad_query = False
-    shown = _display(scheme, username, password is not None, netloc, path, pairs)
+    # An '@' after the host is where an unencoded password shows ("u:pa/ss@h" splits at
+    # the '/'): then every message masks everything up to the last '@'.
+    stray_at = "@" in path + query_string
+    shown = mask_unparsed(url) if stray_at else _display(
+        scheme, username, password is not None, netloc, path, pairs)
     if scheme not in schemes:
         known = ", ".join(sorted(schemes))
         raise ConfigError(f"unknown {kind} URL scheme {scheme!r} in {shown!r}; known: {known}")
-    if netloc and "@" in path + query_string:
+    if netloc and stray_at:
         raise ConfigError(
-            f"{kind} URL {mask_unparsed(url)!r} has an '@' after its host: percent-encode "
+            f"{kind} URL {shown!r} has an '@' after its host: percent-encode "
             "'@', '/' and '?' in the user name and password (%40, %2F, %3F)")
     if bad_query:
         raise ConfigError(f"{kind} URL {shown!r} has a malformed query")
