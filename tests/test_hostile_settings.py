@@ -334,3 +334,36 @@ def test_bytes_serializer_takes_bytes_like_values_only(tmp_path: Path) -> None:
                 store.put("k", bad)
         assert store.get("k") == b"ab"
         assert math.isfinite(store.stats.source_writes)
+
+
+# -- the compare tool ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs", [{"keys": 100_000_000}, {"updates": 10**7},
+                                    {"updates": 1_000_000, "background_reads_per_update": 4},
+                                    {"zipf_s": 1e308}, {"zipf_s": NAN}, {"value_bytes": 1 << 30},
+                                    {"reads_after_write": 10**6}, {"keys": True}], ids=repr)
+def test_compare_workloads_are_bounded(kwargs: dict[str, Any]) -> None:
+    """--keys 100000000 used to build a 10**8-entry weight list (unbounded memory)."""
+    from writethrough.tools.compare import Workload
+
+    with pytest.raises(ConfigError):
+        Workload(**kwargs)
+
+
+def test_compare_takes_any_int_seed() -> None:
+    """--seed 10**50 made a namespace longer than 64 characters (a ConfigError mid-run)."""
+    from writethrough.tools.compare import Workload, compare
+
+    result = compare(workload=Workload(updates=20, keys=5, seed=10**50))
+    assert all(len(s.namespace) <= 64 for s in result.strategies)
+    assert [s.writes for s in result.strategies] == [20, 20]
+
+
+def test_compare_replays_the_same_ops_without_keeping_them() -> None:
+    from writethrough.tools.compare import Replay, Warmup, Workload, generate, initial_profiles
+
+    workload = Workload(updates=50, keys=10, seed=3)
+    assert list(Replay(workload)) == list(Replay(workload)) == generate(workload)
+    assert len(Replay(workload)) == len(generate(workload))
+    assert list(Warmup(workload)) == initial_profiles(workload)
