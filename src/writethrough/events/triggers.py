@@ -19,7 +19,8 @@ What gets installed on the table (idempotent; run it again after a change):
   upsert of the new one.
 
 The functions run as the role that installed them (``SECURITY DEFINER``, search_path
-pinned, every name schema-qualified), so roles that write the table need no rights on the
+pinned, every name schema-qualified, EXECUTE revoked from PUBLIC so no other role can
+attach them to a table of its own), so roles that write the table need no rights on the
 events tables; those live in the installer's current schema (usually ``public``), where the
 listener, connecting as the same role, finds them. The key column must be NOT NULL and
 unique on its own; it becomes the cache key as ``key::text``.
@@ -314,6 +315,12 @@ def install_triggers(source_url: str, table: str, key_column: str, namespace: st
                      "floor": sql.Identifier(home[0], FLOOR_TABLE)}
             conn.execute(sql.SQL(_BEFORE).format(fn=before, **names))
             conn.execute(sql.SQL(_AFTER).format(fn=after, **names))
+            # Functions are executable by PUBLIC by default, and these run as their owner:
+            # any role that may create a table could attach them to it and write events and
+            # version floors as the owner (e.g. a floor of 2**63-1 that makes every insert
+            # of that key fail). Firing a trigger needs no EXECUTE right; attaching one does.
+            for fn in (before, after):
+                conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(fn))
             for statement in (
                 "DROP TRIGGER IF EXISTS writethrough_version ON {t}",
                 "DROP TRIGGER IF EXISTS writethrough_event ON {t}",

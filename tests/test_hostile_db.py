@@ -1,0 +1,75 @@
+"""Hostile database roles, on a real PostgreSQL server.
+
+The trigger functions run as the role that installed them (SECURITY DEFINER). A role
+that may only write the table must not be able to use them for anything else: here, a
+role that may create its own table tries to attach them to it, to plant events and
+version floors as the owner.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from writethrough.events import install_triggers
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def setting(postgres_srv: Any) -> Iterator[tuple[str, str, str]]:
+    """(admin URL, a table with triggers, a login role that may write it and create tables)."""
+    url = str(postgres_srv.url)
+    tag = f"wtsec{uuid.uuid4().hex[:8]}"
+    role, table = f"{tag}_writer", f"{tag}_items"
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test user may not create roles")
+        schema = conn.execute("SELECT current_schema()").fetchone()
+        assert schema is not None
+        ident = {"r": sql.Identifier(role), "t": sql.Identifier(table),
+                 "s": sql.Identifier(schema[0])}
+        conn.execute(sql.SQL("CREATE TABLE {t} (id int PRIMARY KEY, v int)").format(**ident))
+        conn.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE, SELECT ON {t} TO {r}").format(**ident))
+        conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {s} TO {r}").format(**ident))
+        try:
+            install_triggers(url, table, "id", tag)
+            yield url, table, role
+        finally:
+            conn.execute(sql.SQL("RESET ROLE"))
+            conn.execute(sql.SQL("DROP OWNED BY {r}").format(**ident))
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(**ident))
+            conn.execute("DELETE FROM writethrough_events WHERE namespace = %s", (tag,))
+            conn.execute("DELETE FROM writethrough_version_floor WHERE tbl LIKE %s", (f"%{table}",))
+            conn.execute(sql.SQL("DROP ROLE {r}").format(**ident))
+
+
+def test_a_writer_cannot_attach_the_owners_trigger_functions(setting: tuple[str, str, str]) -> None:
+    url, table, role = setting
+    with psycopg.connect(url, autocommit=True) as conn:
+        functions = [row[0] for row in conn.execute(
+            "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
+            "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = %s::regclass "
+            "AND t.tgname LIKE 'writethrough_%%'", (table,))]
+        assert len(functions) == 2
+        conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+        # What the role is meant to do still works: its writes fire the triggers.
+        conn.execute(sql.SQL("INSERT INTO {} (id, v) VALUES (1, 1)").format(sql.Identifier(table)))
+        own = sql.Identifier(f"{role}_own")
+        conn.execute(sql.SQL("CREATE TABLE {} (id int, version bigint)").format(own))
+        for function in functions:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL("CREATE TRIGGER planted AFTER INSERT OR DELETE ON {} "
+                                     "FOR EACH ROW EXECUTE FUNCTION {}").format(
+                    own, sql.SQL(function)))
+        conn.execute("RESET ROLE")
+        events = conn.execute("SELECT count(*) FROM writethrough_events WHERE key = '1' "
+                              "AND namespace = %s", (table.removesuffix("_items"),)).fetchone()
+        assert events == (1,)
