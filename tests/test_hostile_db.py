@@ -73,3 +73,39 @@ def test_a_writer_cannot_attach_the_owners_trigger_functions(setting: tuple[str,
         events = conn.execute("SELECT count(*) FROM writethrough_events WHERE key = '1' "
                               "AND namespace = %s", (table.removesuffix("_items"),)).fetchone()
         assert events == (1,)
+
+
+def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any) -> None:
+    """The least privilege SECURITY.md promises: a role with SELECT, INSERT, UPDATE on a
+    table an owner created (and no CREATE on the schema) can use the store."""
+    import writethrough
+
+    url = str(postgres_srv.url)
+    tag = f"wtlp{uuid.uuid4().hex[:8]}"
+    ident = {"r": sql.Identifier(tag), "t": sql.Identifier(f"{tag}_items")}
+    with psycopg.connect(url, autocommit=True) as conn:
+        try:
+            conn.execute(sql.SQL("CREATE ROLE {r} LOGIN").format(**ident))
+        except psycopg.errors.InsufficientPrivilege:
+            pytest.skip("the test user may not create roles")
+        try:
+            conn.execute(sql.SQL(
+                "CREATE TABLE {t} (namespace text NOT NULL, key text NOT NULL, value bytea, "
+                "version bigint NOT NULL, PRIMARY KEY (namespace, key))").format(**ident))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {t} TO {r}").format(**ident))
+            schema = conn.execute("SELECT current_schema()").fetchone()
+            assert schema is not None
+            conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {r}").format(
+                sql.Identifier(schema[0]), **ident))
+            own = psycopg.conninfo.conninfo_to_dict(url)
+            own["user"] = tag
+            as_role = (f"postgresql://{tag}@{own.get('host', '127.0.0.1')}:{own.get('port', 5432)}"
+                       f"/{own['dbname']}?table={tag}_items")
+            with writethrough.open(source=as_role, namespace="lp") as store:
+                assert store.put("k", 1).version == 1
+                assert store.get("k") == 1
+                assert store.delete("k").version == 2
+        finally:
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(**ident))
+            conn.execute(sql.SQL("DROP OWNED BY {r}").format(**ident))
+            conn.execute(sql.SQL("DROP ROLE {r}").format(**ident))

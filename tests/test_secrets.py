@@ -221,3 +221,41 @@ def test_compare_json_shows_the_cache_url_masked(secret_redis: str,
     assert_hidden(out + err, REDIS_PASSWORD)
     shown: dict[str, Any] = json.loads(out)
     assert shown["workload"]["cache"].startswith("redis://wt:***@127.0.0.1:")
+
+
+@pytest.mark.redis
+def test_the_redis_acl_in_security_md_is_enough() -> None:
+    """The least-privileged Redis user SECURITY.md gives runs the versioned protocol,
+    including a script reload after SCRIPT FLUSH, and may touch nothing else."""
+    from pathlib import Path
+
+    import redis
+
+    text = (Path(__file__).parent.parent / "SECURITY.md").read_text(encoding="utf-8")
+    line = next(ln for ln in text.splitlines() if ln.startswith("ACL SETUSER app "))
+    rules = line.split()[3:]  # after "ACL SETUSER app"
+    rules = [">app-pass-1" if rule == ">password" else rule for rule in rules]
+    try:
+        process = _launch(["--user", "app", *rules], set())
+    except ServerUnavailable as exc:
+        unavailable(f"redis-server: {exc}")
+    try:
+        url = f"redis://app:app-pass-1@127.0.0.1:{process.port}/0?socket_timeout=1"
+        for round_ in range(2):
+            with writethrough.open(source="sqlite:///:memory:", cache=url,
+                                   namespace=f"acl{round_}") as store:
+                store.put("k", 1)
+                assert store.get("k") == 1
+                assert store.put("k", 2).cache is writethrough.CacheOutcome.UPDATED
+                assert store.delete("k").cache is writethrough.CacheOutcome.INVALIDATED
+                assert store.get("k") is None
+                assert store.stats.cache_write_failures == 0
+                assert store.stats.cache_read_failures == 0
+            with redis.Redis(port=process.port) as admin:
+                admin.script_flush()  # the next round reloads the script
+        with redis.Redis(port=process.port, username="app", password="app-pass-1") as app:
+            for command in (("SET", "other", "1"), ("FLUSHALL",), ("KEYS", "*")):
+                with pytest.raises(redis.exceptions.NoPermissionError):
+                    app.execute_command(*command)
+    finally:
+        process.cleanup()
