@@ -259,3 +259,33 @@ def test_the_redis_acl_in_security_md_is_enough() -> None:
                     app.execute_command(*command)
     finally:
         process.cleanup()
+
+
+@pytest.mark.redis
+def test_chaos_writers_get_their_urls_on_stdin_not_argv(secret_redis: str, tmp_path: Any) -> None:
+    """A child's argv is world-readable (ps, /proc/<pid>/cmdline): the killed writers of
+    ``writethrough chaos`` take their config, URLs with passwords included, on stdin."""
+    import signal
+
+    from writethrough.tools.chaos.phase import spawn_writer
+
+    config = {"source": f"sqlite:///{tmp_path}/w.db", "cache": secret_redis + "?socket_timeout=1",
+              "namespace": "chaoswriter", "strategy": "write-through", "protocol": "versioned",
+              "durability": "best-effort", "key": "k", "rounds": 2, "pause": 0.05}
+    proc = spawn_writer(config)
+    try:
+        argv = " ".join(map(str, proc.args))  # type: ignore[arg-type]
+        try:
+            with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+                argv += f.read().replace(b"\0", b" ").decode()
+        except FileNotFoundError:  # already gone: proc.args is what it was started with
+            pass
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "redis://" not in argv and "sqlite://" not in argv
+    assert_hidden(argv, REDIS_PASSWORD)
+    assert proc.returncode == -signal.SIGKILL, err  # it ran to the planned kill
+    assert len(out.splitlines()) >= 4, "two rounds of a write and a read, as JSON lines"
