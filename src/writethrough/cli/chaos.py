@@ -44,7 +44,7 @@ from ..tools.chaos import (
     guarantee_held,
 )
 from ..tools.checker import Report
-from .args import Subparsers, int_at_least
+from .args import CACHE_ENV, SOURCE_ENV, Subparsers, add_url_arg, int_at_least
 from .output import table_console
 
 EXIT_OK, EXIT_BROKEN = 0, 1
@@ -81,8 +81,9 @@ def add_chaos(subparsers: Subparsers) -> argparse.ArgumentParser:
     add("--clients", type=int_at_least(1), default=16, help="client threads per phase (16)")
     add("--stores", type=int_at_least(1), default=4,
         help="stores the clients share, as app processes sharing one cache would (4)")
-    add("--source", default=None, help="source URL (default: a SQLite file in a temp dir, deleted after)")
-    add("--cache", default="memory://", help="cache URL (memory://)")
+    add_url_arg(parser, "--source", SOURCE_ENV,
+                "source URL (else a SQLite file in a temp dir, deleted after)")
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (else memory://)", default="memory://")
     add("--seed", type=int, default=42, help="seed of the workload and the faults (42)")
     add("--protocols", type=_protocols, default=PROTOCOLS,
         help="comma list of naive-write-through, naive-invalidate, write-through, invalidate, "

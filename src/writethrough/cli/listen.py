@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from .args import Subparsers, add_table_args, positive_float
+from .args import CACHE_ENV, Subparsers, add_table_args, add_url_arg, positive_float
 
 if TYPE_CHECKING:
     from ..events import Listener
@@ -39,7 +39,8 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     add_table_args(parser)
     add = parser.add_argument
-    add("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (redis://..., redis+cluster://...)",
+                required=True)
     add("--strategy", choices=("invalidate", "write-through"), default="invalidate",
         help="invalidate | write-through (invalidate)")
     add("--value-column", default=None, help="cache this column (as JSON), not the whole row")

@@ -19,8 +19,16 @@ from rich.console import Console
 
 import writethrough
 
+from ..errors import CacheError
 from ..store import Store
-from .args import Subparsers
+from .args import (
+    CACHE_ENV,
+    SOURCE_ENV,
+    Subparsers,
+    add_url_arg,
+    non_negative_float,
+    positive_float,
+)
 
 
 def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -30,12 +38,15 @@ def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="repair the cache from the durable outbox (writers with durability=outbox)",
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
-    parser.add_argument("--source", required=True, help="source URL (sqlite:///... or postgresql://...)")
-    parser.add_argument("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    add_url_arg(parser, "--source", SOURCE_ENV, "source URL (sqlite:///... or postgresql://...)",
+                required=True)
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (redis://..., redis+cluster://...)",
+                required=True)
     parser.add_argument("--namespace", default="default", help="the writers' namespace (default)")
-    parser.add_argument("--grace", type=float, default=5.0,
+    parser.add_argument("--grace", type=non_negative_float, default=5.0,
                         help="seconds an outbox row may belong to a live writer (5)")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (0.5)")
+    parser.add_argument("--interval", type=positive_float, default=0.5,
+                        help="seconds between rounds (0.5)")
     parser.add_argument("--once", action="store_true", help="drain what is there, then exit")
     return parser
 
@@ -47,9 +58,27 @@ def run_repair(args: argparse.Namespace) -> int:
         source=args.source, cache=args.cache, namespace=args.namespace,
         durability="outbox", outbox_grace=args.grace, repair_worker=False,
     ) as store:
-        total = drain(store) if args.once else _forever(store, args.interval, console)
+        if args.once:
+            reach(store)  # a cache it cannot reach is an error, not "repaired 0"
+            failures = store.stats.cache_write_failures
+            total = drain(store)
+            if store.stats.cache_write_failures > failures:
+                reach(store)
+                raise CacheError(f"the cache failed during the repair ({total} outbox row(s) "
+                                 "repaired); run again when it answers")
+        else:
+            total = _forever(store, args.interval, console)
     Console(highlight=False).print(f"repaired {total} outbox row(s) in namespace {args.namespace!r}")
     return 0
+
+
+def reach(store: Store) -> None:
+    """Raise the cache's own error (CacheUnavailable, CacheTimeout, ...) if it does not
+    answer a read of one of the namespace's keys."""
+    try:
+        store.cache.get(f"wt:{store.namespace}:writethrough-repair-probe")
+    except CacheError as exc:
+        raise type(exc)(f"cannot reach the cache: {exc}") from exc
 
 
 def drain(store: Store) -> int:
