@@ -286,6 +286,7 @@ def install_triggers(source_url: str, table: str, key_column: str, namespace: st
     create functions in its schema; takes a short exclusive lock on the table.
     """
     check_namespace(namespace)
+    table_identifier(table)  # before connecting: a bad name is a ConfigError, not a wait
     identifier(key_column, "key column")
     identifier(version_column, "version column")
     target = PgTarget.parse(source_url, connect_timeout=connect_timeout)
@@ -339,6 +340,7 @@ def uninstall_triggers(source_url: str, table: str, *, connect_timeout: int = 5)
     Keeps the version column, the events still queued and the version floor (so a later
     install continues from the same versions).
     """
+    table_identifier(table)
     target = PgTarget.parse(source_url, connect_timeout=connect_timeout)
     with target.connect(autocommit=True) as conn, target.errors(), conn.transaction():
         ident = table_identifier(table).as_string(conn)
