@@ -19,6 +19,7 @@ from ..errors import (
     CacheTimeout,
     CacheUnavailable,
     ConfigError,
+    WritethroughError,
 )
 from ..protocol import Entry, Kind, WriteOutcome
 from ..urls import ParsedURL
@@ -54,6 +55,8 @@ def mapped_errors() -> Iterator[None]:
     """
     try:
         yield
+    except WritethroughError:  # already ours (a CacheDataError from a decode in the block)
+        raise
     except (rex.TimeoutError, TimeoutError) as exc:
         raise CacheTimeout(f"Redis timed out: {exc}") from exc
     except (rex.ConnectionError, rex.ClusterDownError, rex.MaxConnectionsError) as exc:
