@@ -20,7 +20,7 @@ from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
 from ..sources.base import AsyncSource, Logged, OutboxRow, Row
 from ..store import AsyncStore
 from .timings import Timings
-from .tracing import version_attribute
+from .tracing import db_system, version_attribute
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -256,6 +256,7 @@ class AsyncObservedSource:
         self.name = inner.name
         self._owner = owner
         self._bytes = owner.timings.counts
+        self._system = db_system(inner.name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -335,7 +336,7 @@ class AsyncObservedSource:
         return tracer.start_as_current_span(
             f"writethrough.db.{what}",
             context=self._owner.child_context(op),
-            attributes={"db.system.name": self.name, "db.operation.name": what},
+            attributes={"db.system.name": self._system, "db.operation.name": what},
         )
 
     def _committed(self, op: _Op | None) -> None:
@@ -353,6 +354,7 @@ class AsyncObservedCache:
         self.inner = inner
         self.name = inner.name
         self._owner = owner
+        self._system = db_system(inner.name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -438,5 +440,5 @@ class AsyncObservedCache:
         return tracer.start_as_current_span(
             f"writethrough.cache.{what}",
             context=self._owner.child_context(op),
-            attributes={"db.system.name": self.name, "db.operation.name": what},
+            attributes={"db.system.name": self._system, "db.operation.name": what},
         )

@@ -21,7 +21,7 @@ from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
 from ..sources.base import Source, Logged, OutboxRow, Row
 from ..store import Store
 from .timings import Timings
-from .tracing import version_attribute
+from .tracing import db_system, version_attribute
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -257,6 +257,7 @@ class ObservedSource:
         self.name = inner.name
         self._owner = owner
         self._bytes = owner.timings.counts
+        self._system = db_system(inner.name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -336,7 +337,7 @@ class ObservedSource:
         return tracer.start_as_current_span(
             f"writethrough.db.{what}",
             context=self._owner.child_context(op),
-            attributes={"db.system.name": self.name, "db.operation.name": what},
+            attributes={"db.system.name": self._system, "db.operation.name": what},
         )
 
     def _committed(self, op: _Op | None) -> None:
@@ -354,6 +355,7 @@ class ObservedCache:
         self.inner = inner
         self.name = inner.name
         self._owner = owner
+        self._system = db_system(inner.name)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -439,5 +441,5 @@ class ObservedCache:
         return tracer.start_as_current_span(
             f"writethrough.cache.{what}",
             context=self._owner.child_context(op),
-            attributes={"db.system.name": self.name, "db.operation.name": what},
+            attributes={"db.system.name": self._system, "db.operation.name": what},
         )

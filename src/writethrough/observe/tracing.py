@@ -36,3 +36,11 @@ def version_attribute(version: int) -> int | str:
     """A version as a span attribute: an int, or its text beyond int64 (versions with a DB
     epoch exceed 2**63, and OTLP attributes are int64)."""
     return version if -INT64_MAX <= version <= INT64_MAX else str(version)
+
+
+_DB_SYSTEMS = {"postgres": "postgresql", "redis+cluster": "redis"}
+
+
+def db_system(backend_name: str) -> str:
+    """OpenTelemetry's ``db.system.name`` for a backend's ``name`` (postgresql, sqlite, redis)."""
+    return _DB_SYSTEMS.get(backend_name, backend_name)
