@@ -21,6 +21,7 @@ from .. import __version__
 from ..errors import WritethroughError
 from .args import Adder, Runner
 from .chaos import add_chaos, run_chaos
+from .check import add_check, run_check
 from .compare import add_compare, run_compare
 from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "chaos": (add_chaos, run_chaos),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "check": (add_check, run_check),
 }
 
 
