@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WritethroughError
+from .advise import add_advise, run_advise
 from .args import Adder, Runner
 from .chaos import add_chaos, run_chaos
 from .check import add_check, run_check
@@ -35,6 +36,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
     "check": (add_check, run_check),
+    "advise": (add_advise, run_advise),
 }
 
 
