@@ -293,3 +293,45 @@ def test_listen_command_serves_metrics_and_logs_status(postgres_srv: PostgresSer
     assert proc.returncode == 0, err
     assert "applied 2 event(s)" in out
     assert os.environ.get("WRITETHROUGH_NO_SUCH") is None
+
+
+def test_top_renders_a_frame_from_a_real_endpoint(
+    redis_srv: RedisServer, postgres_srv: PostgresServer, table: Table,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from writethrough.cli import main
+    from writethrough.observe.metrics import serve
+
+    registry, ns = CollectorRegistry(), unique_namespace("top")
+    server = serve(0, "127.0.0.1", registry)
+    url = f"127.0.0.1:{server.server_port}"
+    table.sql("INSERT INTO {t} (id, name) SELECT g, 'n' FROM generate_series(1, 5) g")
+    cache = FaultyCache(open_cache(redis_srv.url))
+    raw = Store(open_source(postgres_srv.url, namespace=ns), cache, namespace=ns,
+                settings=Settings(breaker_threshold=1, breaker_reset=60.0), repair_worker=False)
+    store = instrument(raw.open(), registry=registry)
+    try:
+        with store, table.listener() as listener:
+            from writethrough.observe.metrics import collector
+
+            collector(registry).add_listener(listener)
+            for i in range(10):
+                store.put(f"k{i}", i)
+                store.get(f"k{i}")
+                store.get(f"k{i}")
+            listener.drain_once()
+            cache.fail("write", CacheTimeout("injected"))
+            store.put("k0", 99)  # pending repair; the breaker opens
+            assert main(["top", url, "--once"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith(ns))
+    # namespace, reads/s, hit ratio, puts/s, updated, invalidated, pending repair, ...
+    cells = row.split()
+    assert cells[4:7] == ["0", "10", "1"], row  # totals: 10 cold puts, 1 pending repair
+    assert "50.0%" in row and "open" in row  # 10 hits in 20 reads; the breaker
+    assert "stores" in out and "listeners" in out
+    lrow = next(line for line in out.splitlines() if line.startswith(table.namespace))
+    assert lrow.split()[2] == "5" and " 0 " in lrow  # applied 5, backlog 0

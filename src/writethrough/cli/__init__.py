@@ -28,6 +28,7 @@ from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
 from .repair import add_repair, run_repair
+from .top import add_top, run_top
 
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
@@ -37,6 +38,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "listen": (add_listen, run_listen),
     "check": (add_check, run_check),
     "advise": (add_advise, run_advise),
+    "top": (add_top, run_top),
 }
 
 

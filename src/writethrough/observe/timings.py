@@ -63,10 +63,14 @@ class HistogramSnapshot:
         return self.bounds[-1]
 
     def __add__(self, other: HistogramSnapshot) -> HistogramSnapshot:
+        if other.bounds != self.bounds and other.count == 0:  # nothing there (not scraped)
+            return self
         counts = tuple(a + b for a, b in zip(self.counts, other.counts, strict=True))
         return HistogramSnapshot(self.bounds, counts, self.sum + other.sum)
 
     def __sub__(self, older: HistogramSnapshot) -> HistogramSnapshot:
+        if older.bounds != self.bounds and older.count == 0:  # nothing there (not scraped)
+            return self
         counts = tuple(a - b for a, b in zip(self.counts, older.counts, strict=True))
         return HistogramSnapshot(self.bounds, counts, self.sum - older.sum)
 
