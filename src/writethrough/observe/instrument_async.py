@@ -63,6 +63,7 @@ class AsyncObservedStore:
         self.timings = timings or Timings()
         self.tracer = tracer
         self._ops = self.timings.ops
+        self._get = self._ops["get"]
         self._steps = self.timings.cache_step
         self._read_backs = self.timings.read_backs
         self._attributes = {
@@ -96,6 +97,13 @@ class AsyncObservedStore:
     # -- reads -------------------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
+        if self.tracer is None:  # the hit path, kept short: a timer and a histogram bucket
+            start = _perf()
+            found = await self.store.get(key, default)
+            self._get.observe(_perf() - start)
+            if self._read_backs is not None:
+                self._read_backs.read(key)
+            return found
         op, token, start = self._begin("get")
         try:
             found = await self.store.get(key, default)
@@ -103,7 +111,7 @@ class AsyncObservedStore:
             self._failed(op, token, exc)
             raise
         finally:
-            self._ops["get"].observe(_perf() - start)
+            self._get.observe(_perf() - start)
         self._read(key, op, token)
         return found
 
@@ -115,7 +123,7 @@ class AsyncObservedStore:
             self._failed(op, token, exc)
             raise
         finally:
-            self._ops["get"].observe(_perf() - start)
+            self._get.observe(_perf() - start)
         if found is not None:
             op.version = found.version
         self._read(key, op, token)
@@ -167,10 +175,13 @@ class AsyncObservedStore:
             from opentelemetry import context, trace
 
             span = self.tracer.start_span(f"writethrough.{name}", attributes=self._attributes)
-            op = _Op(span)
-            op.otel_token = context.attach(trace.set_span_in_context(span))
-            if committed:  # apply_write / apply_delete: the whole call is the cache step
-                op.step = self.start_child("writethrough.cache_step", op)
+            if span.is_recording():
+                op = _Op(span)
+                op.otel_token = context.attach(trace.set_span_in_context(span))
+                if committed:  # apply_write / apply_delete: the whole call is the cache step
+                    op.step = self.start_child("writethrough.cache_step", op)
+            else:  # no SDK, or not sampled: no child spans either
+                op = _Op(None)
         else:
             op = _Op(None)
         start = _perf()

@@ -64,6 +64,7 @@ class ObservedStore:
         self.timings = timings or Timings()
         self.tracer = tracer
         self._ops = self.timings.ops
+        self._get = self._ops["get"]
         self._steps = self.timings.cache_step
         self._read_backs = self.timings.read_backs
         self._attributes = {
@@ -97,6 +98,13 @@ class ObservedStore:
     # -- reads -------------------------------------------------------------------
 
     def get(self, key: str, default: Any = None) -> Any:
+        if self.tracer is None:  # the hit path, kept short: a timer and a histogram bucket
+            start = _perf()
+            found = self.store.get(key, default)
+            self._get.observe(_perf() - start)
+            if self._read_backs is not None:
+                self._read_backs.read(key)
+            return found
         op, token, start = self._begin("get")
         try:
             found = self.store.get(key, default)
@@ -104,7 +112,7 @@ class ObservedStore:
             self._failed(op, token, exc)
             raise
         finally:
-            self._ops["get"].observe(_perf() - start)
+            self._get.observe(_perf() - start)
         self._read(key, op, token)
         return found
 
@@ -116,7 +124,7 @@ class ObservedStore:
             self._failed(op, token, exc)
             raise
         finally:
-            self._ops["get"].observe(_perf() - start)
+            self._get.observe(_perf() - start)
         if found is not None:
             op.version = found.version
         self._read(key, op, token)
@@ -168,10 +176,13 @@ class ObservedStore:
             from opentelemetry import context, trace
 
             span = self.tracer.start_span(f"writethrough.{name}", attributes=self._attributes)
-            op = _Op(span)
-            op.otel_token = context.attach(trace.set_span_in_context(span))
-            if committed:  # apply_write / apply_delete: the whole call is the cache step
-                op.step = self.start_child("writethrough.cache_step", op)
+            if span.is_recording():
+                op = _Op(span)
+                op.otel_token = context.attach(trace.set_span_in_context(span))
+                if committed:  # apply_write / apply_delete: the whole call is the cache step
+                    op.step = self.start_child("writethrough.cache_step", op)
+            else:  # no SDK, or not sampled: no child spans either
+                op = _Op(None)
         else:
             op = _Op(None)
         start = _perf()
