@@ -142,7 +142,7 @@ def print_advice(advices: list[Advice], what: str) -> None:
               "extrapolated to a day. read back: puts whose key was read within "
               f"{', '.join(f'{x:g}' for x in sorted(windows))} s; cold puts: write-through puts "
               "onto an uncached key (a tombstone); cache step: the part of a write after the "
-              "DB commit (histogram upper bounds).")
+              "DB commit (estimated within histogram buckets).")
 
 
 __all__ = ["Workload", "add_advise", "run_advise"]
