@@ -121,7 +121,8 @@ def _stores(before: Scrape, after: Scrape, seconds: float, namespaces: list[str]
     for h in ("namespace", "reads/s", "hit ratio", "puts/s", "updated", "invalidated",
               "pending\nrepair", "get p99", "put p99", "cache step\np99", "repair\nbacklog",
               "oldest\nrepair", "breaker"):
-        table.add_column(h, justify="left" if h in ("namespace", "breaker") else "right")
+        table.add_column(h, justify="left" if h in ("namespace", "breaker") else "right",
+                         no_wrap=True, min_width=max(map(len, namespaces)) if h == "namespace" else None)
     for ns in namespaces:
         hits = [_v(s, "writethrough_cache_hits_total", namespace=ns) for s in (before, after)]
         misses = [_v(s, "writethrough_cache_misses_total", namespace=ns) for s in (before, after)]
@@ -163,7 +164,8 @@ def _listeners(before: Scrape, after: Scrape, seconds: float, labels: list[str])
                   pad_edge=False)
     for h in ("namespaces", "events/s", "applied", "lag p50", "lag p99", "backlog", "oldest event",
               "reconnects"):
-        table.add_column(h, justify="left" if h == "namespaces" else "right")
+        table.add_column(h, justify="left" if h == "namespaces" else "right", no_wrap=True,
+                         min_width=max(map(len, labels)) if h == "namespaces" else None)
     for label in labels:
         def v(name: str, label: str = label, **more: str) -> float:
             return _v(after, name, namespaces=label, **more)
