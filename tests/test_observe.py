@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 import subprocess
@@ -292,7 +291,6 @@ def test_listen_command_serves_metrics_and_logs_status(postgres_srv: PostgresSer
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "applied 2 event(s)" in out
-    assert os.environ.get("WRITETHROUGH_NO_SUCH") is None
 
 
 def test_top_renders_a_frame_from_a_real_endpoint(
@@ -335,3 +333,35 @@ def test_top_renders_a_frame_from_a_real_endpoint(
     assert "stores" in out and "listeners" in out
     lrow = next(line for line in out.splitlines() if line.startswith(table.namespace))
     assert lrow.split()[2] == "5" and " 0 " in lrow  # applied 5, backlog 0
+
+
+def test_repair_command_serves_metrics_and_stops_on_sigterm(tmp_path: Any) -> None:
+    argv = [sys.executable, "-m", "writethrough", "repair", "--source", f"sqlite:///{tmp_path}/o.db",
+            "--cache", "memory://", "--namespace", "jobs", "--interval", "0.05",
+            "--metrics-port", "0", "--metrics-addr", "127.0.0.1", "--status-interval", "0.2",
+            "--log-format", "json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        port, status = None, None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (port is None or status is None):
+            line = proc.stderr.readline()
+            if not line:
+                break
+            if line.startswith("{"):
+                record = json.loads(line)
+                port = record.get("metrics_port", port)
+                if record["msg"].startswith("status "):
+                    status = record
+        assert port is not None and status is not None
+        assert (status["namespace"], status["pending"], status["breaker"]) == ("jobs", 0, "closed")
+        m = parse(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode())
+        assert value(m, "writethrough_repairs_applied_total", namespace="jobs") == 0
+        assert value(m, "writethrough_store_info", namespace="jobs", strategy="write-through",
+                     protocol="versioned", durability="outbox") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "repaired 0 outbox row(s) in namespace 'jobs'" in out
