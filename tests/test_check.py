@@ -182,3 +182,16 @@ def test_watch_prints_a_line_per_round(
     assert main([*common, "--source", "postgresql://nobody@127.0.0.1:1/x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.cluster
+def test_scan_covers_every_node_of_a_cluster(cluster_srv: Any, postgres_srv: PostgresServer) -> None:
+    ns = unique_namespace("chk")
+    with writethrough.open(postgres_srv.url, cluster_srv.url, namespace=ns) as store:
+        _warm(store, 60)  # keys hash to every master
+        v = store.source.read("k5").version
+        store.cache.set(f"wt:{ns}:k5", Entry.value(v - 1, b'{"i":"old"}'), ttl=300.0)
+        found = Checker(store.source, store.cache, ns, grace=0.05).round()
+        assert found.compared == 60 and [(a.key, a.kind) for a in found.inconsistent] == [("k5", "stale")]
+        for i in range(60):
+            store.delete(f"k{i}")
