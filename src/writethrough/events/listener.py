@@ -56,6 +56,10 @@ _CLAIM = (
     "FOR UPDATE SKIP LOCKED"
 )
 _DONE = "DELETE FROM writethrough_events WHERE id = ANY(%s)"
+_BACKLOG = (
+    "SELECT count(*), COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 "
+    "FROM writethrough_events WHERE namespace = ANY(%s)"
+)
 _ROUNDS = 3  # value writes per key and batch while its row keeps moving, then a tombstone
 
 
@@ -114,6 +118,14 @@ class LagPercentiles:
     p50: float
     p99: float
     max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Change events waiting to be applied: how many, and the oldest one's age (seconds)."""
+
+    events: int
+    oldest_age: float
 
 
 @dataclass(slots=True)
@@ -192,6 +204,8 @@ class Listener:
         self._random = random.Random()
         self._conn: Connection | None = None
         self._listen: Connection | None = None
+        self._observer: Connection | None = None  # backlog(): never the drain's connection
+        self._observer_lock = threading.Lock()
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
         try:
@@ -243,6 +257,10 @@ class Listener:
         self._closing.set()
         with self._running:
             self._close_connections()
+        with self._observer_lock:
+            if self._observer is not None:
+                self._observer.close()
+                self._observer = None
         if self._owns_cache:
             self._owns_cache = False  # closed once
             self.cache.close()
@@ -268,10 +286,38 @@ class Listener:
             if not full:
                 return total
 
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces this listener applies, sorted."""
+        return list(self._namespaces)
+
+    def backlog(self) -> Backlog:
+        """Events waiting in ``writethrough_events`` for this listener's namespaces (claimed
+        ones included), read on a connection of its own so a drain is never held up.
+        Raises SourceError if the database does not answer."""
+        with self._observer_lock:
+            if self._closing.is_set():
+                raise SourceUnavailable("the listener is closed")
+            conn = self._observer
+            try:
+                if conn is None or conn.closed:
+                    conn = self._observer = self._target.connect(autocommit=True, setup=sql.SQL(
+                        "SET statement_timeout = {}").format(self._statement_timeout))
+                with self._target.errors():
+                    row = conn.execute(_BACKLOG, (self._namespaces,)).fetchone()
+            except BaseException:
+                if self._observer is not None:
+                    self._observer.close()
+                    self._observer = None
+                raise
+        events, age = row if row is not None else (0, 0.0)
+        return Backlog(int(events), float(age))
+
     def lag_percentiles(self) -> LagPercentiles:
         """p50 / p99 / max of the last ``lag_samples`` events' change-to-cache lag."""
         with self._lock:
-            lags = sorted(self._lags)
+            lags = list(self._lags)
+        lags.sort()  # outside the drain lock: a scrape never holds up a drain
         if not lags:
             return LagPercentiles(0, 0.0, 0.0, 0.0)
 
