@@ -23,7 +23,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from .._async.redis_cache import AsyncRedisCache, AsyncRedisClusterCache
-from .._sync.redis_cache import RedisCache, RedisClusterCache
+from .._async.redis_cache import LifetimeCheck as AsyncLifetimeCheck
+from .._sync.redis_cache import LifetimeCheck, RedisCache, RedisClusterCache, check_lifetime
 from ..errors import ConfigError
 from ..urls import ParsedURL
 from .redis_codec import client_options, mapped_errors
@@ -50,6 +51,13 @@ def _check_hosts(url: ParsedURL) -> None:
     for host, _ in url.hosts:
         if "%" in host and ":" not in host:  # %-escapes: PostgreSQL socket paths, IPv6 zones
             raise ConfigError(f"Redis host {host!r} is not a host name or address: {url.redacted()}")
+
+
+def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = False) -> type[Any]:
+    """``base`` (a redis-py connection class) checking the server's lifetime on connect."""
+    mixin = AsyncLifetimeCheck if asyncio else LifetimeCheck
+    name = f"Lifetime{'Cluster' if cluster else ''}{base.__name__}"
+    return type(name, (mixin, base), {"wt_cluster": cluster})
 
 
 def _standalone(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
@@ -90,8 +98,8 @@ def from_url(url: ParsedURL, **options: Any) -> RedisCache:
     ``pool_timeout`` for one instead of failing at once.
     """
     kwargs = _standalone(url, options)
-    if kwargs.pop("ssl", False):
-        kwargs["connection_class"] = redis.SSLConnection
+    ssl = kwargs.pop("ssl", False)
+    kwargs["connection_class"] = lifetime_checked(redis.SSLConnection if ssl else redis.Connection)
     pool = redis.BlockingConnectionPool(retry=Retry(NoBackoff(), 0), **kwargs)  # type: ignore[no-untyped-call]
     return RedisCache(redis.Redis(connection_pool=pool))
 
@@ -101,6 +109,9 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     seeds, kwargs = _cluster(url, options)
     limit = kwargs.pop("max_concurrency", kwargs["max_connections"])
     nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+    # RedisCluster picks each node's connection class itself (SSL or not); it calls this
+    # after the connection's own set-up, before the connection's first command.
+    kwargs["redis_connect_func"] = lambda conn: check_lifetime(conn, True)
     with mapped_errors():
         client = RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
     return RedisClusterCache(client, max_concurrency=limit)
@@ -109,8 +120,9 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
 def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
     """The asyncio backend on one server (redis.asyncio)."""
     kwargs = _standalone(url, options)
-    if kwargs.pop("ssl", False):
-        kwargs["connection_class"] = redis.asyncio.SSLConnection
+    ssl = kwargs.pop("ssl", False)
+    base = redis.asyncio.SSLConnection if ssl else redis.asyncio.Connection
+    kwargs["connection_class"] = lifetime_checked(base, asyncio=True)
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     kwargs.pop("timeout")
     # A plain pool behind a semaphore of the same size: tasks beyond max_connections
@@ -128,8 +140,14 @@ def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterC
     # attribute 'writelines'", "Connection closed by server") when more than a few
     # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.
     limit = kwargs.pop("max_concurrency", ASYNC_CLUSTER_CONCURRENCY)
-    nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds]
+    base = redis.asyncio.SSLConnection if kwargs.get("ssl") else redis.asyncio.Connection
+    checked = lifetime_checked(base, cluster=True, asyncio=True)
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port, connection_class=checked)
+             for host, port in seeds]
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     with mapped_errors():
         client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    # The client made its own choice of connection class (SSL or not) for the nodes it
+    # discovers; they are made from this dict later, on first use.
+    client.connection_kwargs["connection_class"] = checked
     return AsyncRedisClusterCache(client, max_concurrency=limit)
