@@ -65,6 +65,11 @@ USAGE = [
     ["install-triggers", "--source", DOWN_PG, "--table", "t;drop", "--key-column", "id",
      "--namespace", "ns"],
     ["install-triggers", "--source", DOWN_PG, *TABLE[:4], "--namespace", "a:b"],
+    ["check", "--source", "sqlite:///:memory:", "--cache", "memory://", "--sample", "10000000000"],
+    ["check", "--source", "sqlite:///:memory:"],
+    ["epoch", "--source", "redsi://:s3cr!t@h/0"],
+    ["listen", "--source", DOWN_PG, "--cache", "memory://", *TABLE, "--metrics-port", "70000"],
+    ["top", f"http://u:s3cr!t@127.0.0.1:{CLOSED}/metrics", "--once"],
     ["nope"],
 ]
 
@@ -84,6 +89,8 @@ UNREACHABLE = [
     ["listen", "--source", DOWN_PG, "--cache", "memory://", *TABLE, "--once"],
     ["install-triggers", "--source", DOWN_PG, *TABLE],
     ["compare", "--source", DOWN_PG, "--updates", "10", "--keys", "5"],
+    ["check", "--source", DOWN_PG, "--cache", "memory://"],
+    ["epoch", "--source", DOWN_PG],
 ]
 
 
@@ -205,6 +212,11 @@ COMMAND_FLAGS: dict[str, list[st.SearchStrategy[list[str]]]] = {
     "install-triggers": [flag("--source", st.sampled_from([DOWN_PG, "x"])),
                          flag("--table", st.sampled_from(["t", "s.t", "a.b.c"])),
                          flag("--key-column", st.just("id")), flag("--namespace", st.just("ns"))],
+    "check": [flag("--source", st.sampled_from(URLS)), flag("--cache", st.sampled_from(URLS)),
+              flag("--sample", small(50)), flag("--grace", st.just("0")),
+              flag("--namespace", st.sampled_from(["default", "a:b"]))],
+    "epoch": [flag("--source", st.sampled_from(URLS)),
+              flag("--namespace", st.sampled_from(["default", "a:b", "x" * 70]))],
     "chaos": [flag("--ops", small(30)), flag("--clients", small(2)), flag("--stores", small(2)),
               flag("--seed", small(10**60)), flag("--cache", st.sampled_from(URLS[:3] + URLS[5:])),
               st.just(["--scenario", "hot-writers"]), st.just(["--protocols", "write-through"])],

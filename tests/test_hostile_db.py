@@ -77,7 +77,8 @@ def test_a_writer_cannot_attach_the_owners_trigger_functions(setting: tuple[str,
 
 def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any) -> None:
     """The least privilege SECURITY.md promises: a role with SELECT, INSERT, UPDATE on a
-    table an owner created (and no CREATE on the schema) can use the store."""
+    table an owner created and on writethrough_epochs (and no CREATE on the schema) can use
+    the store."""
     import writethrough
 
     url = str(postgres_srv.url)
@@ -93,6 +94,10 @@ def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any)
                 "CREATE TABLE {t} (namespace text NOT NULL, key text NOT NULL, value bytea, "
                 "version bigint NOT NULL, PRIMARY KEY (namespace, key))").format(**ident))
             conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {t} TO {r}").format(**ident))
+            with writethrough.open(source=url, namespace="lp"):  # creates writethrough_epochs
+                pass
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON writethrough_epochs TO {r}")
+                         .format(**ident))
             schema = conn.execute("SELECT current_schema()").fetchone()
             assert schema is not None
             conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {r}").format(

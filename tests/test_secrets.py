@@ -252,6 +252,7 @@ def test_the_redis_acl_in_security_md_is_enough() -> None:
                 assert store.stats.cache_write_failures == 0
                 assert store.stats.cache_read_failures == 0
             with redis.Redis(port=process.port) as admin:
+                assert admin.acl_log() == [], "a command the ACL denied"
                 admin.script_flush()  # the next round reloads the script
         with redis.Redis(port=process.port, username="app", password="app-pass-1") as app:
             for command in (("SET", "other", "1"), ("FLUSHALL",), ("KEYS", "*")):

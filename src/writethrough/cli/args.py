@@ -58,6 +58,19 @@ def positive_float(text: str) -> float:
     return value
 
 
+def int_between(low: int, high: int) -> Callable[[str], int]:
+    """An integer in [low, high]; ``_`` separators allowed."""
+    at_least = int_at_least(low)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {value}")
+        return value
+
+    return parse
+
+
 def float_between(low: float, high: float) -> Callable[[str], float]:
     """A number in [low, high]."""
 
@@ -113,7 +126,7 @@ def add_table_args(parser: argparse.ArgumentParser) -> None:
 def add_operating_args(parser: argparse.ArgumentParser) -> None:
     """``--metrics-port --metrics-addr --status-interval --log-format``: a long-running command."""
     add = parser.add_argument
-    add("--metrics-port", type=int_at_least(0), default=None, metavar="PORT",
+    add("--metrics-port", type=int_between(0, 65535), default=None, metavar="PORT",
         help="expose Prometheus /metrics on this port (0: a free one, logged); "
              "needs writethrough[metrics]")
     add("--metrics-addr", default="0.0.0.0", metavar="ADDR",
