@@ -1,0 +1,217 @@
+"""Every cache write change capture makes, in one place.
+
+Both listeners (logical decoding and triggers) hand this module the changed keys of one
+namespace, coalesced in commit order (:class:`KeyChange`), and a way to read the rows;
+it writes each key through the backend's conditional ``cache.write`` -- so a late,
+repeated or reordered change never leaves an older entry -- and returns the keys whose
+write failed, each on its own: one bad key (a WRONGTYPE value, a cluster shard that is
+down) never stops the others. Cache keys go through :func:`cache_key`, versions through
+:func:`~writethrough.capture.versions.cache_version`: when the protocol changes (writer
+leases, epochs, encodings), this file is what changes.
+
+* write-through: the row's current value with the row's version (``row_to_json``, or
+  one column as JSON), a tombstone if the row is gone;
+* invalidate: a tombstone with the change's version (the row's, when the change did not
+  carry one).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..caches.base import Cache
+from ..core import check_key
+from ..errors import CacheError, CacheTimeout, CacheUnavailable, InvalidKeyError
+from ..protocol import Kind, WriteOutcome
+from .keyspace import Keyspace, ListenerStats
+from .versions import cache_version
+
+MAX_KEY_BYTES = 1024  # the store's default: a longer key could never be read back
+UNREACHABLE_LIMIT = 3  # writes failed unreachable while none landed: the cache is down
+_ROUNDS = 3  # value writes per key while its row keeps moving, then a tombstone
+
+
+def cache_key(namespace: str, key: str) -> str:
+    """The store's key for ``key`` of ``namespace``."""
+    return f"wt:{namespace}:{key}"
+
+
+@dataclass(slots=True)
+class KeyChange:
+    """What the change stream says about one key, newest last (commit order).
+
+    ``version``: at least the version of the newest change (a delete's being the deleted
+    row's version + 1), or None when the newest change did not carry one (then the
+    applier reads it, or takes one above every version drawn so far). ``deleted``: the
+    newest change deleted the row."""
+
+    version: int | None
+    deleted: bool
+
+    def then(self, version: int | None, deleted: bool) -> None:
+        """Fold in the next change of the same key."""
+        if version is None or self.version is None:
+            self.version = version  # unknown stays unknown: an older bound is too low
+        else:
+            self.version = max(self.version, version)
+        self.deleted = deleted
+
+
+class RowSource(Protocol):
+    """How the applier reads the database (the listener's connection, its statements)."""
+
+    def rows(self, keys: list[str]) -> dict[str, tuple[int, bytes]]:
+        """key -> (version, JSON payload) of the rows that exist."""
+        ...
+
+    def versions(self, keys: list[str]) -> dict[str, int]:
+        """key -> version of the rows that exist."""
+        ...
+
+    def floor(self) -> int:
+        """A version above every row version drawn so far."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    key: str
+    change: KeyChange
+    error: CacheError
+
+    @property
+    def unreachable(self) -> bool:
+        """The cache (or this key's shard) did not answer, as opposed to refusing the key."""
+        return isinstance(self.error, CacheUnavailable | CacheTimeout)
+
+
+class CacheApplier:
+    """Writes coalesced changes to one cache.
+
+        >>> applier = CacheApplier(cache, stats)
+        >>> failed = applier.apply(space, epoch, {"42": KeyChange(8, False)}, rows)
+    """
+
+    def __init__(self, cache: Cache, stats: ListenerStats,
+                 rng: Callable[[], float] = random.random) -> None:
+        self.cache = cache
+        self.stats = stats
+        self._random = rng
+        self.landed = 0  # writes that landed since begin_batch()
+        self.unreachable = 0  # writes that failed unreachable since begin_batch()
+
+    def begin_batch(self) -> None:
+        """Count afresh: a batch whose first writes all fail unreachable stops early."""
+        self.landed = self.unreachable = 0
+
+    @property
+    def cache_down(self) -> bool:
+        return self.landed == 0 and self.unreachable > 0
+
+    def apply(self, space: Keyspace, epoch: int, changes: dict[str, KeyChange],
+              rows: RowSource) -> list[Failed]:
+        """Write every key of ``changes``; the failed ones are returned, the rest landed.
+
+        Raises CacheUnavailable once :data:`UNREACHABLE_LIMIT` writes failed unreachable and
+        none landed since :meth:`begin_batch` (the cache is down: do not pay a timeout per
+        key). Database errors propagate (nothing is confirmed then)."""
+        usable: dict[str, KeyChange] = {}
+        for key, change in changes.items():
+            try:
+                check_key(key, MAX_KEY_BYTES)
+            except InvalidKeyError:
+                self.stats.skipped += 1  # the store could never read this key back
+                continue
+            usable[key] = change
+        if not usable:
+            return []
+        writer = _Writer(self, space, epoch, rows)
+        if space.strategy == "write-through":
+            writer.write_through(usable)
+        else:
+            writer.invalidate(usable)
+        return writer.failed
+
+
+class _Writer:
+    """One namespace's share of one batch."""
+
+    def __init__(self, applier: CacheApplier, space: Keyspace, epoch: int,
+                 rows: RowSource) -> None:
+        self.applier, self.space, self.epoch, self.rows = applier, space, epoch, rows
+        self.failed: list[Failed] = []
+        self._floor: int | None = None
+
+    def floor(self) -> int:
+        if self._floor is None:
+            self._floor = self.rows.floor()
+        return self._floor
+
+    def invalidate(self, changes: dict[str, KeyChange]) -> None:
+        unknown = [key for key, change in changes.items() if change.version is None]
+        found = self.rows.versions(unknown) if unknown else {}
+        for key, change in changes.items():
+            version = change.version
+            if version is None:
+                version = found.get(key) or self.floor()
+            self.write(key, change, Kind.TOMBSTONE, version)
+
+    def write_through(self, changes: dict[str, KeyChange]) -> None:
+        pending = {key: change.version or 0 for key, change in changes.items()}
+        now: dict[str, int] = {}
+        for _ in range(_ROUNDS):
+            found = self.rows.rows(list(pending))
+            stored: dict[str, int] = {}
+            for key, least in pending.items():
+                change = changes[key]
+                row = found.get(key)
+                if row is None or row[0] < least:
+                    # Gone (or re-inserted below the delete: a version drawn before the
+                    # delete committed): a tombstone is always safe.
+                    version = least if change.version is not None or least else self.floor()
+                    self.write(key, change, Kind.TOMBSTONE, version)
+                    continue
+                outcome = self.write(key, change, Kind.VALUE, row[0], row[1])
+                if outcome is WriteOutcome.STORED_VALUE:
+                    stored[key] = row[0]
+            if not stored or self.space.on_empty != "value":
+                return
+            # A value stored onto an empty key may have landed after a newer version was
+            # written and evicted (race 6): if the row moved on meanwhile, store it again.
+            now = self.rows.versions(list(stored))
+            pending = {k: v + 1 for k, v in stored.items() if now.get(k) != v}
+            self.applier.stats.rechecked += len(pending)
+            if not pending:
+                return
+        for key, least in pending.items():  # still moving: a tombstone is always safe
+            self.write(key, changes[key], Kind.TOMBSTONE, max(now.get(key, 0), least))
+
+    def write(self, key: str, change: KeyChange, kind: Kind, row_version: int,
+              payload: bytes = b"") -> WriteOutcome | None:
+        space, stats = self.space, self.applier.stats
+        ttl = space.ttl * (1.0 - space.ttl_jitter * self.applier._random())
+        try:
+            outcome = self.applier.cache.write(
+                cache_key(space.namespace, key), kind, cache_version(self.epoch, row_version),
+                payload, ttl=ttl, tombstone_ttl=space.tombstone_seconds, on_empty=space.on_empty)
+        except CacheError as exc:
+            stats.cache_errors += 1
+            failure = Failed(key, change, exc)
+            self.failed.append(failure)
+            if failure.unreachable:
+                self.applier.unreachable += 1
+                if (self.applier.landed == 0
+                        and self.applier.unreachable >= UNREACHABLE_LIMIT):
+                    raise CacheUnavailable(f"the cache does not answer: {exc}") from exc
+            return None
+        self.applier.landed += 1
+        if outcome is WriteOutcome.STORED_VALUE:
+            stats.values += 1
+        elif outcome is WriteOutcome.STORED_TOMBSTONE:
+            stats.tombstones += 1
+        else:
+            stats.superseded += 1
+        return outcome
