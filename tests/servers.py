@@ -365,8 +365,8 @@ def postgres_server(*, wal_level: str = "replica", fsync: bool = False
         options = (f"-p {port} -k {root} -c listen_addresses={HOST} "
                    f"-c fsync={'on' if fsync else 'off'}")
         if wal_level == "logical":
-            options += (" -c wal_level=logical -c max_replication_slots=20"
-                        " -c max_wal_senders=20 -c max_connections=200")
+            options += (" -c wal_level=logical -c max_replication_slots=50"
+                        " -c max_wal_senders=50 -c max_connections=200")
         for args in ([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
                       "-E", "UTF8", "--locale=C"],
                      [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w",

@@ -18,6 +18,7 @@ leases, epochs, encodings), this file is what changes.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,6 +33,7 @@ from .versions import cache_version
 MAX_KEY_BYTES = 1024  # the store's default: a longer key could never be read back
 UNREACHABLE_LIMIT = 3  # writes failed unreachable while none landed: the cache is down
 _ROUNDS = 3  # value writes per key while its row keeps moving, then a tombstone
+_SETTLE = (0.001, 0.004, 0.016, 0.064, 0.2)  # waits for a commit to be visible (settle())
 
 
 def cache_key(namespace: str, key: str) -> str:
@@ -162,8 +164,12 @@ class _Writer:
     def write_through(self, changes: dict[str, KeyChange]) -> None:
         pending = {key: change.version or 0 for key, change in changes.items()}
         now: dict[str, int] = {}
-        for _ in range(_ROUNDS):
+        if any(c.version is None and c.deleted for c in changes.values()):
+            self.floor()  # before the rows: a row not there yet was drawn above it, mostly
+        for round_ in range(_ROUNDS):
             found = self.rows.rows(list(pending))
+            if round_ == 0:
+                self.settle(changes, pending, found)
             stored: dict[str, int] = {}
             for key, least in pending.items():
                 change = changes[key]
@@ -188,6 +194,23 @@ class _Writer:
                 return
         for key, least in pending.items():  # still moving: a tombstone is always safe
             self.write(key, changes[key], Kind.TOMBSTONE, max(now.get(key, 0), least))
+
+    def settle(self, changes: dict[str, KeyChange], least: dict[str, int],
+               found: dict[str, tuple[int, bytes]]) -> None:
+        """Re-read rows older than their change. The WAL can deliver a commit a moment
+        before it is visible to other sessions (the committing backend flushes its commit
+        record, then leaves the proc array): a read right away may still see the row
+        before it. A few short waits, then whatever is there (a tombstone is safe)."""
+        for delay in _SETTLE:
+            behind = [k for k, v in least.items() if (found[k][0] < v if k in found else
+                                                      v and not changes[k].deleted)]
+            if not behind:
+                return
+            time.sleep(delay)
+            again = self.rows.rows(behind)
+            for key in behind:
+                found.pop(key, None)
+            found.update(again)
 
     def write(self, key: str, change: KeyChange, kind: Kind, row_version: int,
               payload: bytes = b"") -> WriteOutcome | None:

@@ -202,9 +202,8 @@ class BaseListener:
             for namespace in sorted(namespaces):
                 epoch = conn.execute(bump_epoch_sql(self.objects.epochs),
                                      {"ns": namespace}).fetchone()
-                log.info("capture: TRUNCATE of %s: epoch of %r is now %s",
-                         self.keyspaces[namespace].table, namespace, epoch[0] if epoch else "?")
-        self.stats.truncates += len(namespaces)
+                log.info("capture: epoch of %r is now %s", namespace,
+                         epoch[0] if epoch else "?")
 
     # -- applying -----------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
                          group="main") as listener:
         listener.run()                 # until close() / stop event / SIGTERM in the CLI
 
-The group's slot (``writethrough_<group>``, created on first start) streams every
+The group's slot (``writethrough_<group>``, created on first start, which bumps the
+namespaces' epochs: what changed before it existed cannot be known) streams every
 committed change of the tables' publications (``install(..., capture="logical")``), in
 commit order, after commit: writers pay nothing but the WAL they write anyway. The
 listener coalesces a batch per key, writes the cache (:mod:`.apply`), parks the keys
@@ -18,6 +19,10 @@ Several listeners of one group: the slot streams to one at a time; the others wa
 standbys and take over when it is free (leader election by the slot). Two groups (two
 slots) each apply every change: one group per cache.
 
+A DELETE's version is the deleted row's + 1: from the WAL when the table's replica
+identity carries the version column (FULL), else the last version this listener streamed
+for the key (``remember_keys`` most recent keys), else one above every version drawn so
+far (safe: a re-insert drawn before it stays a miss until the tombstone expires).
 A TRUNCATE bumps the namespace's epoch. A slot keeps the server's WAL from its
 confirmed position on: a stopped listener makes it grow (:func:`slot_status`,
 ``max_slot_wal_keep_size``); drop the slot of a group that is gone (:func:`drop_slot`).
@@ -28,6 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -112,12 +118,20 @@ class LogicalListener(BaseListener):
     def __init__(self, source_url: str, cache_url: str | Cache,
                  keyspaces: Mapping[str, Keyspace], *, group: str = "main",
                  batch_size: int = 500, standby_interval: float = 2.0,
+                 remember_keys: int = 100_000,
                  connect_timeout: int = 5, statement_timeout_ms: int = 5000,
                  lag_samples: int = 100_000) -> None:
         self.slot = slot_name(group)
         if not 0 < standby_interval < 3600:
             raise ConfigError(f"standby_interval must be in (0, 3600) s: {standby_interval!r}")
         self.standby_interval = float(standby_interval)
+        if isinstance(remember_keys, bool) or not isinstance(remember_keys, int) or (
+                remember_keys < 0):
+            raise ConfigError(f"remember_keys must be an int >= 0, got {remember_keys!r}")
+        # The last version streamed per key (most recent keys): a DELETE whose WAL record
+        # does not carry the old version gets the exact one from here.
+        self.remember_keys = remember_keys
+        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
         self.publications: list[str] = []
         self.stream: ReplicationStream | None = None
         self.standby = False  # another listener of the group holds the slot
@@ -154,13 +168,20 @@ class LogicalListener(BaseListener):
                                         self.publications, password=self.target.password)
 
     def _ensure_slot(self) -> None:
+        """Create the group's slot if missing (or lost). A new slot streams what commits
+        after it: what changed before cannot be known, so the namespaces' epochs are
+        bumped (every entry cached before is invalid) -- once per slot, not per start."""
         work = self.work()
-        row = work.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s",
-                           (self.slot,)).fetchone()
+        row = work.execute("SELECT plugin, wal_status FROM pg_replication_slots "
+                           "WHERE slot_name = %s", (self.slot,)).fetchone()
         if row is not None:
             if row[0] != "pgoutput":
                 raise ConfigError(f"slot {self.slot} exists with plugin {row[0]!r}")
-            return
+            if row[1] != "lost":
+                return
+            # max_slot_wal_keep_size removed WAL it needed: the changes in it are lost.
+            log.warning("capture: slot %s lost its WAL; re-creating it", self.slot)
+            work.execute("SELECT pg_drop_replication_slot(%s)", (self.slot,))
         # Creating a slot waits for the transactions running now to end.
         work.execute("SET LOCAL statement_timeout = '60s'")
         try:
@@ -169,7 +190,9 @@ class LogicalListener(BaseListener):
         except psycopg.errors.DuplicateObject:  # another listener of the group was first
             work.rollback()
             return
-        log.info("capture: created replication slot %s", self.slot)
+        self.bump_epochs(set(self.keyspaces))
+        log.info("capture: created replication slot %s (epochs bumped: %s)", self.slot,
+                 ", ".join(sorted(self.keyspaces)))
 
     # -- running ------------------------------------------------------------------------
 
@@ -306,11 +329,20 @@ class LogicalListener(BaseListener):
         if old is not None:
             old_key = old[k]
             if isinstance(old_key, str) and (new is None or new[k] != old_key):
-                # A delete, or an update that changed the key: the old key is gone.
+                # A delete, or an update that changed the key: the old key is gone. Its
+                # version: from the WAL (replica identity FULL), else the last one streamed.
                 version = _version(old[v])
+                last = self._seen.pop((namespace, old_key), None)
+                version = last if version is None else version
                 self._add(keys, old_key, None if version is None else version + 1, True)
         if new is not None and isinstance(new[k], str):
-            self._add(keys, str(new[k]), _version(new[v]), False)
+            version = _version(new[v])
+            self._add(keys, new[k], version, False)
+            if version is not None and self.remember_keys:
+                self._seen[namespace, new[k]] = version
+                self._seen.move_to_end((namespace, new[k]))
+                if len(self._seen) > self.remember_keys:
+                    self._seen.popitem(last=False)
 
     def _add(self, keys: dict[str, KeyChange], key: str, version: int | None,
              deleted: bool) -> None:
@@ -332,6 +364,7 @@ class LogicalListener(BaseListener):
             if self._truncated:
                 self.bump_epochs(self._truncated)
                 self.commit()
+                self.stats.truncates += len(self._truncated)
             self.apply(self._pending)
             self.commit()
         except BaseException:

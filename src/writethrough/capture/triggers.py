@@ -12,9 +12,10 @@ inside the writer's transaction (a row exists iff its change committed). A drain
 a batch (``FOR UPDATE SKIP LOCKED``: several listeners share the work), applies it
 (:mod:`.apply`; the rows' versions and values are read from the table, never trusted
 from the change rows), parks the keys that failed alone, deletes the batch and commits.
-It is woken by the NOTIFY the triggers send (one per transaction at most) and polls every
-``poll_interval`` anyway. A row with a NULL key is a TRUNCATE: the namespace's epoch is
-bumped. Stops between batches.
+It polls every ``poll_interval`` (0.2 s), and is woken at once by the NOTIFY the
+triggers send when installed with ``notify=True`` (costly for writers: see
+:mod:`.schema`). A row with a NULL key is a TRUNCATE: the namespace's epoch is bumped.
+Stops between batches.
 
 Retention: applied rows are deleted at once; the table is created with aggressive
 autovacuum settings, and claims start near the last claimed id, so dead rows at its head
@@ -54,7 +55,7 @@ class TriggerListener(BaseListener):
 
     def __init__(self, source_url: str, cache_url: str | Cache,
                  keyspaces: Mapping[str, Keyspace], *, batch_size: int = 500,
-                 poll_interval: float = 1.0, rescan_interval: float = 10.0,
+                 poll_interval: float = 0.2, rescan_interval: float = 10.0,
                  connect_timeout: int = 5, statement_timeout_ms: int = 5000,
                  lag_samples: int = 100_000) -> None:
         for name, value in (("poll_interval", poll_interval),
@@ -166,6 +167,7 @@ class TriggerListener(BaseListener):
                             keys.setdefault(str(key), KeyChange(None, False))
                     if truncated:
                         self.bump_epochs(truncated)
+                        self.stats.truncates += len(truncated)
                     if changes:
                         self.apply(changes)
                     if rows:
