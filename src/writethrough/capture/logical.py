@@ -335,12 +335,13 @@ class LogicalListener(BaseListener):
                 last = self._seen.pop((namespace, old_key), None)
                 version = last if version is None else version
                 self._add(keys, old_key, None if version is None else version + 1, True)
-        if new is not None and isinstance(new[k], str):
+        new_key = None if new is None else new[k]
+        if isinstance(new_key, str) and new is not None:
             version = _version(new[v])
-            self._add(keys, new[k], version, False)
+            self._add(keys, new_key, version, False)
             if version is not None and self.remember_keys:
-                self._seen[namespace, new[k]] = version
-                self._seen.move_to_end((namespace, new[k]))
+                self._seen[namespace, new_key] = version
+                self._seen.move_to_end((namespace, new_key))
                 if len(self._seen) > self.remember_keys:
                     self._seen.popitem(last=False)
 
