@@ -75,14 +75,14 @@ class TableReader:
             try:
                 with conn.transaction():
                     return conn.execute(query, (keys,)).fetchall()
-            except psycopg.errors.DataException:
+            except psycopg.DataError:
                 pass
             rows: list[tuple[Any, ...]] = []
             for key in keys:  # find the malformed key(s)
                 try:
                     with conn.transaction():
                         rows += conn.execute(query, ([key],)).fetchall()
-                except psycopg.errors.DataException:
+                except psycopg.DataError:
                     self.listener.stats.skipped += 1
                     log.warning("capture: key %r is not a valid %s value; skipped", key[:80],
                                 self.bound.shape.columns.get(self.bound.space.key_column))

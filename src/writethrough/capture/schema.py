@@ -28,8 +28,9 @@ schema-qualified instead (a ``SET search_path`` clause costs 2-3x on a bulk UPDA
 Writers need USAGE on the sequence and INSERT on ``writethrough_changes`` (granted to
 PUBLIC); a row-level security policy lets a role record changes only of tables it may
 write. The shared objects are created in the installer's ``current_schema()``; one that
-already exists must be owned by the installing role, else install refuses (another
-role's table there could carry its own triggers, which would run as whoever writes it).
+already exists must be owned by the installing role or a superuser, else install refuses
+(another role's table there could carry its own triggers, which would run as whoever
+writes it).
 """
 
 from __future__ import annotations
@@ -141,16 +142,25 @@ _SHARED = {
 _CHANGES_POLICIES = (
     "ALTER TABLE {o} ENABLE ROW LEVEL SECURITY",
     # A role records changes only of tables it may write (granted to PUBLIC below).
+    "DROP POLICY IF EXISTS writethrough_record ON {o}",
     "CREATE POLICY writethrough_record ON {o} FOR INSERT TO PUBLIC WITH CHECK "
     "(pg_catalog.has_table_privilege(tbl, 'INSERT, UPDATE, DELETE, TRUNCATE'))",
-    # Reading and deleting still need the privileges (the listener's role is granted them).
+    # Claiming (SELECT ... FOR UPDATE) and deleting still need the privileges, which
+    # only the listener's role is granted.
+    "DROP POLICY IF EXISTS writethrough_read ON {o}",
     "CREATE POLICY writethrough_read ON {o} FOR SELECT TO PUBLIC USING (true)",
+    "DROP POLICY IF EXISTS writethrough_claim ON {o}",
+    "CREATE POLICY writethrough_claim ON {o} FOR UPDATE TO PUBLIC USING (true)",
+    "DROP POLICY IF EXISTS writethrough_apply ON {o}",
     "CREATE POLICY writethrough_apply ON {o} FOR DELETE TO PUBLIC USING (true)",
     "GRANT INSERT ON {o} TO PUBLIC",
 )
+# Trusted owners: the installing role, or a superuser (who needs no trigger to escalate).
 _OWNED = """
 SELECT c.relkind, pg_get_userbyid(c.relowner),
        c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+       OR (SELECT rolsuper FROM pg_roles WHERE oid = c.relowner),
+       pg_has_role(c.relowner, 'USAGE')
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
@@ -164,15 +174,19 @@ def ensure_shared(conn: Connection, objects: Objects, *, changes: bool) -> None:
         target = objects.ident(name)
         found = conn.execute(_OWNED, (objects.schema, name)).fetchone()
         if found is not None:
-            relkind, owner, owned = found
+            relkind, owner, owned, mine = found
             if not owned:
                 raise ConfigError(
                     f"{objects.schema}.{name} already exists and is owned by role {owner!r}, "
-                    "not by the installing role: refusing to adopt it (its owner's triggers "
-                    "would run as whoever writes it). Drop it, or install as its owner.")
+                    "neither the installing role nor a superuser: refusing to adopt it (its "
+                    "owner's triggers would run as whoever writes it). Drop it, or install "
+                    "as its owner.")
             if relkind != kind:
                 raise ConfigError(f"{objects.schema}.{name} exists but is not a "
                                   f"{'sequence' if kind == 'S' else 'table'}")
+            if name == CHANGES and mine:  # the policies of this version
+                for statement in _CHANGES_POLICIES:
+                    conn.execute(sql.SQL(statement).format(o=target))
             continue
         # A savepoint: a concurrent install may win the race to create it.
         with suppress(pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject), \
@@ -361,7 +375,7 @@ def _grant_listener(conn: Connection, shape: TableShape, objects: Objects, role:
               ("SELECT, INSERT, UPDATE", objects.epochs),
               ("SELECT, INSERT, UPDATE, DELETE", objects.parked)]
     if capture == "triggers":
-        grants.append(("SELECT, DELETE", objects.changes))
+        grants.append(("SELECT, UPDATE, DELETE", objects.changes))  # UPDATE: FOR UPDATE
     for privileges, obj in grants:
         kind = "SEQUENCE " if obj == objects.sequence else ""
         conn.execute(sql.SQL("GRANT " + privileges + " ON " + kind + "{} TO {}").format(obj, r))
@@ -375,7 +389,8 @@ def uninstall(source_url: str, table: str, *, connect_timeout: int = 5) -> bool:
     the changes still recorded for it. True if there was anything to remove.
 
     Works after the table was dropped (its functions and publication are found by name).
-    Needs only the ownership of what it drops. Keeps the version column (a later install
+    Needs only the ownership of what it drops (changes recorded are removed when the role
+    may delete them). Keeps the version column (a later install
     continues from the same versions), the shared sequence, and replication slots
     (:func:`~writethrough.capture.logical.drop_slot`).
     """
@@ -408,8 +423,9 @@ def uninstall(source_url: str, table: str, *, connect_timeout: int = 5) -> bool:
                 conn.execute(sql.SQL("DROP FUNCTION {}()").format(fn))
                 removed = True
         objects = objects_of(conn)
-        if conn.execute("SELECT to_regclass(%s)", (objects.changes.as_string(conn),)
-                        ).fetchone() not in (None, (None,)):
+        changes = objects.changes.as_string(conn)
+        if conn.execute("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege(%s, "
+                        "'DELETE')", (changes, changes)).fetchone() == (True,):
             # Changes of this table, and of tables that no longer exist.
             deleted = conn.execute(sql.SQL(
                 "DELETE FROM {} c WHERE c.tbl = %s OR NOT EXISTS "
