@@ -414,7 +414,7 @@ def uninstall(source_url: str, table: str, *, connect_timeout: int = 5) -> bool:
                 conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
                     sql.Identifier(trigger), shape.ident))
         tag = table_tag(schema, name)
-        if conn.execute("SELECT FROM pg_publication WHERE pubname = %s", (tag,)).fetchone():
+        if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (tag,)).fetchone():
             conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(tag)))
             removed = True
         for fn in function_names(schema, name):
