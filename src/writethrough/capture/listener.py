@@ -37,6 +37,7 @@ from .versions import bump_epoch_sql, epochs_sql, floor_sql
 
 log = logging.getLogger("writethrough.capture")
 MAX_PARK_DELAY = 60.0
+EPOCH_REFRESH = 1.0  # seconds an epoch read is reused (a bump by someone else: at most this late)
 
 
 @dataclass(slots=True)
@@ -116,6 +117,8 @@ class BaseListener:
         self.bound: dict[str, Bound] = {}
         self.objects: Objects | None = None
         self._next_parked = 0.0
+        self._epochs: dict[str, int] | None = None
+        self._epochs_until = 0.0
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
         self.applier = CacheApplier(self.cache, self.stats)
@@ -183,14 +186,19 @@ class BaseListener:
         return int(row[0]) if row else 1
 
     def epochs(self) -> dict[str, int]:
-        """The effective epoch of each namespace (max of its own and the global one)."""
+        """The effective epoch of each namespace (max of its own and the global one); read
+        again at most every :data:`EPOCH_REFRESH` seconds, and after our own bumps."""
+        if self._epochs is not None and time.monotonic() < self._epochs_until:
+            return self._epochs
         assert self.objects is not None
         with self.target.errors():
             rows = self.work().execute(epochs_sql(self.objects.epochs),
                                        (list(self.keyspaces),)).fetchall()
         found = {str(ns): int(epoch) for ns, epoch in rows}
         base = found.get("", 0)
-        return {ns: max(base, found.get(ns, 0)) for ns in self.keyspaces}
+        self._epochs = {ns: max(base, found.get(ns, 0)) for ns in self.keyspaces}
+        self._epochs_until = time.monotonic() + EPOCH_REFRESH
+        return self._epochs
 
     def bump_epochs(self, namespaces: set[str]) -> None:
         """A TRUNCATE: every older cache entry of these namespaces becomes invalid. Not
@@ -198,6 +206,7 @@ class BaseListener:
         epoch; the trigger listener with the claimed batch)."""
         assert self.objects is not None
         conn = self.work()
+        self._epochs = None
         with self.target.errors():
             for namespace in sorted(namespaces):
                 epoch = conn.execute(bump_epoch_sql(self.objects.epochs),
