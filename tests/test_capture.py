@@ -618,8 +618,78 @@ def test_cli_install_triggers_and_listen_once(
         assert cli_main(["listen", *common, "--cache", t.cache_url, "--strategy",
                          "write-through", "--once"]) == 0
         out = capsys.readouterr().out
-        assert "applied 3 event(s)" in out and "lag p50" in out
+        assert "applied 3 change(s)" in out and "lag p50" in out
         assert matches(cache, t)
         bad = ["listen", *common, "--cache", t.cache_url, "--once", "--table", "x;y"]
         assert cli_main(bad) == 2
         assert "not a plain SQL identifier" in capsys.readouterr().err
+
+
+def test_cli_logical_install_listen_status_uninstall(
+        logical_pg: PostgresServer, redis_srv: RedisServer, cache: Cache,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from writethrough.cli import main as cli_main
+    namespace = unique_namespace("cl")
+    t = Captured("logical", logical_pg.url, f"cl_{namespace}", namespace,
+                 redis_srv.url + ROOMY, f"g_{namespace}")
+    t.sql("CREATE TABLE {t} (id int PRIMARY KEY, name text)")
+    source = ["--source", t.url, "--table", t.name]
+    listen = ["listen", *source, "--key-column", "id", "--namespace", namespace, "--cache",
+              t.cache_url, "--strategy", "write-through", "--group", t.group]
+    try:
+        assert cli_main(["install", *source, "--key-column", "id"]) == 0
+        assert "logical capture installed" in capsys.readouterr().out
+        assert cli_main([*listen, "--once"]) == 0  # creates the group's slot
+        t.sql("INSERT INTO {t} (id, name) SELECT g, 'x' FROM generate_series(1, 50) g")
+        assert cli_main([*listen, "--status"]) == 0
+        assert "kB behind" in capsys.readouterr().out
+        assert cli_main([*listen, "--once"]) == 0
+        out = capsys.readouterr().out
+        assert "applied 50 change(s)" in out and f"slot writethrough_{t.group}" in out
+        assert matches(cache, t)
+        # The cache cannot be reached: --once fails, with the reason, and loses nothing.
+        t.sql("UPDATE {t} SET name = 'y'")
+        down = ["listen", *listen[1:-2], "--group", t.group]
+        down[down.index("--cache") + 1] = "redis://127.0.0.1:1/0?socket_connect_timeout=0.2"
+        assert cli_main([*down, "--once"]) == 1
+        assert "error:" in (err := capsys.readouterr().err) and "nothing was lost" in err
+        assert cli_main([*listen, "--once"]) == 0
+        assert "applied 50 change(s)" in capsys.readouterr().out and matches(cache, t)
+    finally:
+        t.sql("DROP TABLE {t}")
+        assert cli_main(["uninstall", *source, "--slot", t.group]) == 0
+        assert "removed from" in (out := capsys.readouterr().out) and "dropped" in out
+
+
+@pytest.mark.parametrize("mode", ["logical", "triggers"])
+def test_cli_listen_stops_on_sigterm_with_a_big_backlog(
+        mode: str, request: pytest.FixtureRequest, redis_srv: RedisServer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    server: PostgresServer = request.getfixturevalue(
+        "logical_pg" if mode == "logical" else "postgres_srv")
+    with captured_table(mode, server.url, redis_srv.url + ROOMY) as t:
+        t.sql("INSERT INTO {t} (id, balance) SELECT g, 0 FROM generate_series(1, 120000) g")
+        args = [sys.executable, "-m", "writethrough", "listen", "--source", t.url, "--table",
+                t.name, "--key-column", "id", "--namespace", t.namespace, "--cache",
+                t.cache_url, "--strategy", "write-through", "--group", t.group,
+                "--capture", mode]
+        child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            assert child.stderr is not None
+            assert "listening" in child.stderr.readline()
+            time.sleep(2.0)  # well into the backlog
+            asked = time.monotonic()
+            child.send_signal(signal.SIGTERM)
+            out, _ = child.communicate(timeout=30)
+            took = time.monotonic() - asked
+        finally:
+            if child.poll() is None:
+                child.kill()
+        print(f"\n{mode}: exited {took:.2f} s after SIGTERM: {out.strip()}")
+        assert child.returncode == 0 and took < 2.0
+        applied = int(out.split("applied ")[1].split(" ")[0].replace(",", ""))
+        assert applied < 120_000, "it stopped with a backlog left"

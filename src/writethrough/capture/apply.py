@@ -90,6 +90,11 @@ class Failed:
         return isinstance(self.error, CacheUnavailable | CacheTimeout)
 
 
+class Interrupted(Exception):
+    """The listener was asked to stop in the middle of a batch: the batch is abandoned,
+    not confirmed (its changes come again; the writes that landed are harmless then)."""
+
+
 class CacheApplier:
     """Writes coalesced changes to one cache.
 
@@ -98,10 +103,12 @@ class CacheApplier:
     """
 
     def __init__(self, cache: Cache, stats: ListenerStats,
-                 rng: Callable[[], float] = random.random) -> None:
+                 rng: Callable[[], float] = random.random,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
         self.cache = cache
         self.stats = stats
         self._random = rng
+        self.stopping = stopping  # checked before each write: raises Interrupted
         self.landed = 0  # writes that landed since begin_batch()
         self.unreachable = 0  # writes that failed unreachable since begin_batch()
 
@@ -215,6 +222,8 @@ class _Writer:
     def write(self, key: str, change: KeyChange, kind: Kind, row_version: int,
               payload: bytes = b"") -> WriteOutcome | None:
         space, stats = self.space, self.applier.stats
+        if self.applier.stopping():
+            raise Interrupted
         ttl = space.ttl * (1.0 - space.ttl_jitter * self.applier._random())
         try:
             outcome = self.applier.cache.write(

@@ -121,7 +121,8 @@ class BaseListener:
         self._epochs_until = 0.0
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
-        self.applier = CacheApplier(self.cache, self.stats)
+        self._stop: threading.Event | None = None  # run()'s
+        self.applier = CacheApplier(self.cache, self.stats, stopping=self.stopping)
         try:
             if self._owns_cache:
                 self.cache.open()
@@ -313,6 +314,10 @@ class BaseListener:
     @property
     def closing(self) -> bool:
         return self._closing.is_set()
+
+    def stopping(self) -> bool:
+        """Asked to stop: by :meth:`close` or by the event :meth:`run` was given."""
+        return self._closing.is_set() or (self._stop is not None and self._stop.is_set())
 
     def close_connections(self) -> None:
         conn, self._conn = self._conn, None

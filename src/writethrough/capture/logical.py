@@ -42,10 +42,10 @@ import psycopg
 from ..caches.base import Cache
 from ..errors import CacheError, ConfigError, SourceError
 from . import pgoutput as po
-from .apply import KeyChange
+from .apply import Interrupted, KeyChange
 from .keyspace import Keyspace
 from .listener import BaseListener
-from .pg import PgTarget, identifier
+from .pg import Connection, PgTarget, identifier
 from .stream import ReplicationStream, SlotBusy
 
 log = logging.getLogger("writethrough.capture")
@@ -86,7 +86,11 @@ def slot_status(source_url: str, group: str = "main") -> SlotStatus | None:
     slot = slot_name(group)
     target = PgTarget.parse(source_url)
     with target.connect(autocommit=True) as conn, target.errors():
-        row = conn.execute(_SLOT, (slot,)).fetchone()
+        return _status(conn, slot)
+
+
+def _status(conn: Connection, slot: str) -> SlotStatus | None:
+    row = conn.execute(_SLOT, (slot,)).fetchone()
     if row is None:
         return None
     return SlotStatus(slot, bool(row[0]), row[1], row[2], int(row[4] or 0), int(row[5] or 0),
@@ -194,18 +198,27 @@ class LogicalListener(BaseListener):
         log.info("capture: created replication slot %s (epochs bumped: %s)", self.slot,
                  ", ".join(sorted(self.keyspaces)))
 
+    def slot_status(self) -> SlotStatus | None:
+        """This group's slot: its backlog and the WAL the server keeps for it."""
+        with self.target.errors():
+            status = _status(self.work(), self.slot)
+            self.work().commit()
+        return status
+
     # -- running ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Stream and apply until ``stop`` is set or :meth:`close` is called. Database and
         cache failures are retried with backoff (never raised); stops between batches."""
-        stop = stop or threading.Event()
+        stop = self._stop = stop or threading.Event()
         attempt = 0
         try:
             while not (stop.is_set() or self.closing):
                 try:
                     self._step(timeout=0.2)
                     attempt = 0
+                except Interrupted:
+                    break  # asked to stop mid-batch: nothing confirmed past what landed
                 except SlotBusy as exc:
                     if not self.standby:
                         log.info("capture: standby, %s", exc)

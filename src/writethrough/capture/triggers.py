@@ -34,7 +34,7 @@ from psycopg import sql
 
 from ..caches.base import Cache
 from ..errors import CacheError, ConfigError, SourceError, SourceUnavailable
-from .apply import KeyChange
+from .apply import Interrupted, KeyChange
 from .keyspace import Keyspace
 from .listener import BaseListener
 from .pg import Connection
@@ -96,7 +96,7 @@ class TriggerListener(BaseListener):
         """LISTEN and drain until ``stop`` is set or :meth:`close` is called; drains on
         every notification and every ``poll_interval``. Failures are retried with backoff,
         never raised; after a reconnect it drains everything outstanding first."""
-        stop = stop or threading.Event()
+        stop = self._stop = stop or threading.Event()
         attempt = 0
         next_drain = 0.0
         try:
@@ -113,6 +113,8 @@ class TriggerListener(BaseListener):
                         next_drain = time.monotonic() + self.poll_interval
                     self.retry_parked()
                     attempt = 0
+                except Interrupted:
+                    break  # asked to stop mid-batch: the batch was rolled back, still queued
                 except (SourceError, CacheError) as exc:
                     attempt += 1
                     if isinstance(exc, SourceError):

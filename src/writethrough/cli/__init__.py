@@ -22,6 +22,7 @@ from ..errors import WritethroughError
 from .args import Adder, Runner
 from .chaos import add_chaos, run_chaos
 from .compare import add_compare, run_compare
+from .install import add_install, add_uninstall, run_install, run_uninstall
 from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
@@ -31,6 +32,8 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
     "repair": (add_repair, run_repair),
     "chaos": (add_chaos, run_chaos),
+    "install": (add_install, run_install),
+    "uninstall": (add_uninstall, run_uninstall),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
 }
