@@ -16,7 +16,9 @@ in one run:
   at which it applies the backlog;
 * divergence: pgbench with the mix while the listener (a child process) is killed with
   SIGKILL in the middle and restarted, then TRUNCATE + re-insert; the cache is compared
-  with the table row by row.
+  with the table row by row;
+* the re-insert race: the mix on 20 hot keys, how many re-inserts ended below their
+  key's delete.
 
 Figures are printed as tables; nothing is asserted (timings on shared machines are noisy).
 """
@@ -56,7 +58,7 @@ from writethrough.capture import (
 from writethrough.capture.versions import cache_version
 from writethrough.protocol import Kind
 
-TABLE, KEYS, GROUP = "bench_capture", 10_000, "bench"
+TABLE, KEYS, GROUP, HOT = "bench_capture", 10_000, "bench", 20
 SCRIPTS = {
     "update": f"\\set id random(1, {KEYS})\n"
               f"UPDATE {TABLE} SET balance = balance + 1 WHERE id = :id;\n",
@@ -73,6 +75,8 @@ class Bench:
         self.pgbench = _pg_binary("pgbench")
         for name, text in SCRIPTS.items():
             (workdir / f"{name}.sql").write_text(text)
+            (workdir / f"hot_{name}.sql").write_text(text.replace(f"random(1, {KEYS})",
+                                                                  f"random(1, {HOT})"))
 
     def sql(self, statement: str, params: Any = None) -> list[Any]:
         with psycopg.connect(self.pg, autocommit=True) as conn:
@@ -114,8 +118,9 @@ class Bench:
 
     def run_pgbench(self, seconds: float, *, rate: int | None = None, clients: int = 8,
                     scripts: str = "mix") -> float:
-        files = (["-f", f"{self.dir}/update.sql@70", "-f", f"{self.dir}/insert.sql@15",
-                  "-f", f"{self.dir}/delete.sql@15"] if scripts == "mix"
+        hot = "hot_" if scripts == "hot" else ""
+        files = (["-f", f"{self.dir}/{hot}update.sql@70", "-f", f"{self.dir}/{hot}insert.sql@15",
+                  "-f", f"{self.dir}/{hot}delete.sql@15"] if scripts in ("mix", "hot")
                  else ["-f", f"{self.dir}/update.sql"])
         args = [self.pgbench, "-n", "-c", str(clients), "-j", "2", "-T", str(int(seconds)),
                 *files, *(["-R", str(rate)] if rate else []), self.pg]
@@ -263,6 +268,20 @@ def measure_catchup(b: Bench, stopped: float) -> None:
         print(f"{mode:<12}{applied:>10,}{took:>10.1f}{applied / took:>11,.0f}")
 
 
+def measure_race(b: Bench, seconds: float) -> None:
+    """How often a re-insert's version ends below its key's delete (the race a BEFORE
+    trigger cannot close): the mix on 20 hot keys, counted by the logical listener."""
+    b.reset("logical")
+    listener = b.listener("logical")
+    with running(listener):
+        b.run_pgbench(seconds, scripts="hot")
+        time.sleep(2)
+        stats = listener.stats
+    print(f"\nthe mix on {HOT} hot keys for {seconds:.0f} s: {stats.applied:,} changes, "
+          f"{stats.went_back:,} re-insert(s) below their delete (left a miss until the "
+          "tombstone expired)")
+
+
 def compare(b: Bench) -> tuple[int, int, int]:
     """(divergences, values that match, keys that are a miss) over ids 1..KEYS."""
     rows = {str(k): (int(v), json.loads(p)) for k, v, p in b.sql(
@@ -350,7 +369,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per pgbench run (20)")
     parser.add_argument("--rounds", type=int, default=2, help="pgbench rounds (2)")
     parser.add_argument("--stop", type=float, default=60.0, help="listener stopped for (60 s)")
-    parser.add_argument("--only", default="tps,bulk,lag,catchup,diverge")
+    parser.add_argument("--only", default="tps,bulk,lag,catchup,diverge,race")
     parser.add_argument("--child", choices=("logical", "triggers"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -373,6 +392,8 @@ def main() -> None:
             measure_catchup(b, args.stop)
         if "diverge" in only:
             measure_divergence(b, args.seconds)
+        if "race" in only:
+            measure_race(b, args.seconds)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -693,3 +693,47 @@ def test_cli_listen_stops_on_sigterm_with_a_big_backlog(
         assert child.returncode == 0 and took < 2.0
         applied = int(out.split("applied ")[1].split(" ")[0].replace(",", ""))
         assert applied < 120_000, "it stopped with a backlog left"
+
+
+def test_a_reinsert_drawn_before_an_update_and_delete_goes_back_but_is_never_stale(
+        logical_table: Captured, cache: Cache) -> None:
+    """The race a BEFORE INSERT trigger cannot close: the re-insert draws its version, then
+    an UPDATE (a newer version) and a DELETE of the key commit before its unique check.
+    Its version is then below the delete's. The listener counts it and leaves a tombstone
+    (a miss, the reader goes to the database): never the deleted row's value."""
+    t = logical_table
+    t.sql("""CREATE FUNCTION {t}_pause() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$""")
+    # Fires after writethrough_version (triggers fire in name order): the version is drawn.
+    t.sql("CREATE TRIGGER zz_pause BEFORE INSERT ON {t} FOR EACH ROW "
+          "EXECUTE FUNCTION {t}_pause()")
+    t.sql("INSERT INTO {t} (id, name) VALUES (1, 'first')")  # lock free: no wait
+    with t.listener() as listener:
+        listener.drain_once()
+        with psycopg.connect(t.url, autocommit=True) as holder:
+            holder.execute("BEGIN")
+            holder.execute("SELECT pg_advisory_xact_lock(4242)")
+            late = threading.Thread(target=lambda: _ignore_unique(
+                t, "INSERT INTO {t} (id, name) VALUES (1, 'late')"))
+            late.start()
+            time.sleep(0.3)  # its version is drawn; it waits on the lock
+            t.sql("UPDATE {t} SET name = 'updated' WHERE id = 1")
+            updated = t.rows()["1"][0]
+            t.sql("DELETE FROM {t} WHERE id = 1")
+            holder.execute("COMMIT")
+            late.join(10)
+        row = t.rows()["1"]
+        assert json.loads(row[1])["name"] == "late" and row[0] < updated, "went back"
+        listener.drain_once()
+        assert listener.stats.went_back == 1
+    entry = cached(cache, t, 1)
+    assert entry is not None and entry.kind is Kind.TOMBSTONE
+    assert entry.version >= cache_version(0, updated + 1), "a miss, not 'updated' or 'first'"
+    assert divergences(cache, t) == []
+    t.sql("DROP TRIGGER zz_pause ON {t}")
+    t.sql("DROP FUNCTION {t}_pause()")
+
+
+def _ignore_unique(t: Captured, statement: str) -> None:
+    with suppress(psycopg.errors.UniqueViolation):
+        t.sql(statement)

@@ -96,6 +96,7 @@ class ListenerStats:
     parked: int = 0  # keys whose cache write failed, recorded to retry (none lost)
     unparked: int = 0  # parked keys written since
     skipped: int = 0  # changes that cannot be cached (a key the store could never read)
+    went_back: int = 0  # logical: a row version below its key's last delete (see README)
     cache_errors: int = 0
     source_errors: int = 0
     reconnects: int = 0

@@ -135,7 +135,8 @@ class LogicalListener(BaseListener):
         # The last version streamed per key (most recent keys): a DELETE whose WAL record
         # does not carry the old version gets the exact one from here.
         self.remember_keys = remember_keys
-        self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
+        # key -> (version, deleted): the last version streamed (a delete's: old + 1)
+        self._seen: OrderedDict[tuple[str, str], tuple[int, bool]] = OrderedDict()
         self.publications: list[str] = []
         self.stream: ReplicationStream | None = None
         self.standby = False  # another listener of the group holds the slot
@@ -345,18 +346,34 @@ class LogicalListener(BaseListener):
                 # A delete, or an update that changed the key: the old key is gone. Its
                 # version: from the WAL (replica identity FULL), else the last one streamed.
                 version = _version(old[v])
-                last = self._seen.pop((namespace, old_key), None)
-                version = last if version is None else version
-                self._add(keys, old_key, None if version is None else version + 1, True)
+                last = self._seen.get((namespace, old_key))
+                if version is None and last is not None and not last[1]:
+                    version = last[0]
+                deleted = None if version is None else version + 1
+                self._add(keys, old_key, deleted, True)
+                self._remember(namespace, old_key, deleted, True)
         new_key = None if new is None else new[k]
         if isinstance(new_key, str) and new is not None:
             version = _version(new[v])
+            last = self._seen.get((namespace, new_key))
+            if version is not None and last is not None and version < last[0]:
+                # A re-insert whose version was drawn before a concurrent UPDATE + DELETE
+                # of the key committed: below the delete's tombstone. The key stays a miss
+                # (never stale) until the tombstone expires. Counted, see the README.
+                self.stats.went_back += 1
+                log.warning("capture: version of %r in %r went back (%s < %s)", new_key[:80],
+                            namespace, version, last[0])
             self._add(keys, new_key, version, False)
-            if version is not None and self.remember_keys:
-                self._seen[namespace, new_key] = version
-                self._seen.move_to_end((namespace, new_key))
-                if len(self._seen) > self.remember_keys:
-                    self._seen.popitem(last=False)
+            self._remember(namespace, new_key, version, False)
+
+    def _remember(self, namespace: str, key: str, version: int | None, deleted: bool) -> None:
+        if version is None or not self.remember_keys:
+            self._seen.pop((namespace, key), None)
+            return
+        self._seen[namespace, key] = (version, deleted)
+        self._seen.move_to_end((namespace, key))
+        if len(self._seen) > self.remember_keys:
+            self._seen.popitem(last=False)
 
     def _add(self, keys: dict[str, KeyChange], key: str, version: int | None,
              deleted: bool) -> None:
