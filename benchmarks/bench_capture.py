@@ -159,27 +159,33 @@ def backlog(b: Bench, mode: str, listener: LogicalListener | TriggerListener) ->
 
 
 def measure_tps(b: Bench, seconds: float, rounds: int) -> None:
-    results: dict[str, list[float]] = {m: [] for m in MODES}
-    for _ in range(rounds):
-        for mode in MODES:
+    """Each capture with its listener stopped (the writers' own cost) and running (on this
+    machine it shares the CPUs with pgbench and PostgreSQL, as it would on a small host)."""
+    variants = ["none", "versioned", "logical", "logical+listener", "triggers",
+                "triggers+listener"]
+    results: dict[str, list[float]] = {v: [] for v in variants}
+    for round_ in range(rounds):
+        for variant in (variants if round_ % 2 == 0 else variants[::-1]):
+            mode, _, listen = variant.partition("+")
             b.reset(mode)
-            if mode in ("logical", "triggers"):
+            if listen:
                 with running(b.listener(mode)):
-                    results[mode].append(b.run_pgbench(seconds))
+                    results[variant].append(b.run_pgbench(seconds))
             else:
-                results[mode].append(b.run_pgbench(seconds))
+                if mode == "logical":
+                    b.listener(mode).close()  # the slot exists: WAL is kept for it
+                results[variant].append(b.run_pgbench(seconds))
     base = statistics.median(results["none"])
     print(f"\npgbench, 8 clients, 70% UPDATE / 15% INSERT / 15% DELETE on {KEYS:,} rows, "
-          f"{seconds:.0f} s x {rounds} round(s), fsync=on; listener running for logical and "
-          "triggers")
-    print(f"{'capture':<12}{'TPS (median)':>14}{'x no capture':>14}   every run")
-    for mode in MODES:
-        tps = statistics.median(results[mode])
-        runs = ", ".join(f"{t:,.0f}" for t in results[mode])
-        print(f"{mode:<12}{tps:>14,.0f}{tps / base:>14.2f}   {runs}")
+          f"{seconds:.0f} s x {rounds} round(s) (order reversed every other round), fsync=on")
+    print(f"{'capture':<19}{'TPS (median)':>14}{'x no capture':>14}   every run")
+    for variant in variants:
+        tps = statistics.median(results[variant])
+        runs = ", ".join(f"{t:,.0f}" for t in results[variant])
+        print(f"{variant:<19}{tps:>14,.0f}{tps / base:>14.2f}   {runs}")
 
 
-def measure_bulk(b: Bench, reps: int = 7) -> None:
+def measure_bulk(b: Bench, reps: int = 9) -> None:
     """Four tables side by side, one per mode, updated in turn (the machine's noise hits
     all four alike); no listener runs meanwhile: this is the writer's own cost."""
     tables = {mode: f"{TABLE}_{mode}" for mode in MODES}
@@ -201,8 +207,8 @@ def measure_bulk(b: Bench, reps: int = 7) -> None:
     LogicalListener(b.pg, b.cache, spaces, group="bulk").close()  # its slot keeps the WAL
     results: dict[str, list[float]] = {mode: [] for mode in MODES}
     with psycopg.connect(b.pg, autocommit=True) as conn:
-        for _ in range(reps):
-            for mode, table in tables.items():
+        for rep in range(reps):
+            for mode, table in (list(tables.items())[::1 if rep % 2 == 0 else -1]):
                 started = time.perf_counter()
                 conn.execute(f"UPDATE {table} SET balance = balance + 1")
                 results[mode].append((time.perf_counter() - started) * 1000)
@@ -214,8 +220,8 @@ def measure_bulk(b: Bench, reps: int = 7) -> None:
         b.sql(f"DROP TABLE {table}")
     drop_slot(b.pg, "bulk")
     base = statistics.median(results["none"])
-    print(f"\nbulk UPDATE of {KEYS:,} rows (one statement), four tables in turn, median of "
-          f"{reps}; no listener running")
+    print(f"\nbulk UPDATE of {KEYS:,} rows (one statement), four tables in turn (order "
+          f"reversed every other time), median of {reps}; no listener running")
     print(f"{'capture':<12}{'ms':>10}{'x no capture':>14}   every run")
     for mode in MODES:
         ms = statistics.median(results[mode])
