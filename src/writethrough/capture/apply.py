@@ -17,6 +17,7 @@ leases, epochs, encodings), this file is what changes.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -26,13 +27,12 @@ from typing import Protocol
 from ..caches.base import Cache
 from ..core import check_key
 from ..errors import CacheError, CacheTimeout, CacheUnavailable, InvalidKeyError
-from ..protocol import Kind, WriteOutcome
+from ..protocol import Entry, Kind, WriteOutcome
 from .keyspace import Keyspace, ListenerStats
-from .versions import cache_version
+from .versions import cache_version, epoch_floor
 
 MAX_KEY_BYTES = 1024  # the store's default: a longer key could never be read back
 UNREACHABLE_LIMIT = 3  # writes failed unreachable while none landed: the cache is down
-_ROUNDS = 3  # value writes per key while its row keeps moving, then a tombstone
 _SETTLE = (0.001, 0.004, 0.016, 0.064, 0.2)  # waits for a commit to be visible (settle())
 
 
@@ -169,38 +169,53 @@ class _Writer:
             self.write(key, change, Kind.TOMBSTONE, version)
 
     def write_through(self, changes: dict[str, KeyChange]) -> None:
-        pending = {key: change.version or 0 for key, change in changes.items()}
-        now: dict[str, int] = {}
+        """The row's value at the row's version. Onto a key the cache does not hold, the
+        write takes a writer lease; the row is then read again and filled -- a newer write
+        in between replaces the lease and the fill is dropped (race 6 stays closed)."""
+        least = {key: change.version or 0 for key, change in changes.items()}
         if any(c.version is None and c.deleted for c in changes.values()):
             self.floor()  # before the rows: a row not there yet was drawn above it, mostly
-        for round_ in range(_ROUNDS):
-            found = self.rows.rows(list(pending))
-            if round_ == 0:
-                self.settle(changes, pending, found)
-            stored: dict[str, int] = {}
-            for key, least in pending.items():
-                change = changes[key]
-                row = found.get(key)
-                if row is None or row[0] < least:
-                    # Gone (or re-inserted below the delete: a version drawn before the
-                    # delete committed): a tombstone is always safe.
-                    version = least if change.version is not None or least else self.floor()
-                    self.write(key, change, Kind.TOMBSTONE, version)
-                    continue
-                outcome = self.write(key, change, Kind.VALUE, row[0], row[1])
-                if outcome is WriteOutcome.STORED_VALUE:
-                    stored[key] = row[0]
-            if not stored or self.space.on_empty != "value":
-                return
-            # A value stored onto an empty key may have landed after a newer version was
-            # written and evicted (race 6): if the row moved on meanwhile, store it again.
-            now = self.rows.versions(list(stored))
-            pending = {k: v + 1 for k, v in stored.items() if now.get(k) != v}
-            self.applier.stats.rechecked += len(pending)
-            if not pending:
-                return
-        for key, least in pending.items():  # still moving: a tombstone is always safe
-            self.write(key, changes[key], Kind.TOMBSTONE, max(now.get(key, 0), least))
+        found = self.rows.rows(list(least))
+        self.settle(changes, least, found)
+        leased: dict[str, tuple[bytes, int]] = {}
+        for key, change in changes.items():
+            row = found.get(key)
+            if row is None or row[0] < least[key]:
+                # Gone (or re-inserted below the delete: a version drawn before the
+                # delete committed): a tombstone is always safe.
+                version = least[key] if change.version is not None else self.floor()
+                self.write(key, change, Kind.TOMBSTONE, version)
+                continue
+            token = os.urandom(8) if self.space.on_empty == "lease" else None
+            if self.write(key, change, Kind.VALUE, row[0], row[1], token) is \
+                    WriteOutcome.LEASED and token is not None:
+                leased[key] = (token, row[0])
+        if leased:
+            self.fill(changes, leased)
+
+    def fill(self, changes: dict[str, KeyChange], leased: dict[str, tuple[bytes, int]]
+             ) -> None:
+        again = self.rows.rows(list(leased))
+        space, applier = self.space, self.applier
+        for key, (token, version) in leased.items():
+            row = again.get(key)
+            if row is None:  # deleted meanwhile: its own change follows
+                entry = Entry.tombstone(cache_version(self.epoch, version), fresh=False)
+                ttl = space.tombstone_seconds
+            else:
+                entry = Entry.value(cache_version(self.epoch, row[0]), row[1])
+                ttl = space.ttl * (1.0 - space.ttl_jitter * applier._random())
+            try:
+                filled = applier.cache.fill(cache_key(space.namespace, key), token, entry,
+                                            ttl=ttl, floor=epoch_floor(self.epoch))
+            except CacheError as exc:
+                applier.stats.cache_errors += 1
+                self.failed.append(Failed(key, changes[key], exc))
+                continue
+            if filled:
+                applier.stats.values += 1
+            else:
+                applier.stats.rechecked += 1  # a newer write took the key: it is current
 
     def settle(self, changes: dict[str, KeyChange], least: dict[str, int],
                found: dict[str, tuple[int, bytes]]) -> None:
@@ -220,7 +235,7 @@ class _Writer:
             found.update(again)
 
     def write(self, key: str, change: KeyChange, kind: Kind, row_version: int,
-              payload: bytes = b"") -> WriteOutcome | None:
+              payload: bytes = b"", token: bytes | None = None) -> WriteOutcome | None:
         space, stats = self.space, self.applier.stats
         if self.applier.stopping():
             raise Interrupted
@@ -228,7 +243,8 @@ class _Writer:
         try:
             outcome = self.applier.cache.write(
                 cache_key(space.namespace, key), kind, cache_version(self.epoch, row_version),
-                payload, ttl=ttl, tombstone_ttl=space.tombstone_seconds, on_empty=space.on_empty)
+                payload, ttl=ttl, tombstone_ttl=space.tombstone_seconds, token=token,
+                floor=epoch_floor(self.epoch))
         except CacheError as exc:
             stats.cache_errors += 1
             failure = Failed(key, change, exc)
@@ -244,6 +260,6 @@ class _Writer:
             stats.values += 1
         elif outcome is WriteOutcome.STORED_TOMBSTONE:
             stats.tombstones += 1
-        else:
+        elif outcome is not WriteOutcome.LEASED:
             stats.superseded += 1
         return outcome

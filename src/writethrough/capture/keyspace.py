@@ -21,10 +21,9 @@ class Keyspace:
 
     ``strategy``: ``"invalidate"`` stores a tombstone of the change's version;
     ``"write-through"`` stores the row's current value with the row's version (a tombstone
-    if the row is gone). ``on_empty``: what a write-through stores on a key the cache does
-    not hold -- the value (default here, unlike the store: after storing, the listener
-    re-reads the row's version and, if it moved on, stores the newer row again, so an
-    older value cannot stay where a newer entry was evicted: race 6) or ``"tombstone"``.
+    if the row is gone). ``on_empty``: what a write-through does on a key the cache does
+    not hold -- ``"lease"`` (a writer lease, the row read again, then filled: an older
+    value cannot land where a newer entry was evicted, race 6) or ``"tombstone"``.
     """
 
     namespace: str
@@ -35,7 +34,7 @@ class Keyspace:
     tombstone_ttl: float | None = None  # None: min(ttl, 30 s), as the store
     value_column: str | None = None  # None: the whole row as JSON
     version_column: str = "version"
-    on_empty: OnEmpty = "value"
+    on_empty: OnEmpty = "lease"
     ttl_jitter: float = 0.1
 
     def __post_init__(self) -> None:
@@ -47,8 +46,8 @@ class Keyspace:
             identifier(self.value_column, "value column")
         if self.strategy not in ("write-through", "invalidate"):
             raise ConfigError(f"strategy must be write-through or invalidate: {self.strategy!r}")
-        if self.on_empty not in ("value", "tombstone"):
-            raise ConfigError(f"on_empty must be value or tombstone: {self.on_empty!r}")
+        if self.on_empty not in ("lease", "tombstone"):
+            raise ConfigError(f"on_empty must be lease or tombstone: {self.on_empty!r}")
         for name in ("ttl", "tombstone_ttl"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(
@@ -91,7 +90,7 @@ class ListenerStats:
     values: int = 0
     tombstones: int = 0
     superseded: int = 0  # the cache already held this version or newer
-    rechecked: int = 0  # a stored value was written again: its row moved on meanwhile
+    rechecked: int = 0  # a writer lease was taken over by a newer write before its fill
     truncates: int = 0  # TRUNCATEs seen (each bumped its namespace's epoch)
     parked: int = 0  # keys whose cache write failed, recorded to retry (none lost)
     unparked: int = 0  # parked keys written since

@@ -33,7 +33,7 @@ from .apply import CacheApplier, Failed, KeyChange
 from .keyspace import Keyspace, LagPercentiles, LagWindow, ListenerStats, check_keyspaces
 from .pg import Connection, PgTarget, TableShape, inspect_table, row_queries
 from .schema import Objects, objects_of
-from .versions import bump_epoch_sql, epochs_sql, floor_sql
+from .versions import BUMP_SQL, epochs_sql, floor_sql
 
 log = logging.getLogger("writethrough.capture")
 MAX_PARK_DELAY = 60.0
@@ -201,7 +201,7 @@ class BaseListener:
         self._epochs_until = time.monotonic() + EPOCH_REFRESH
         return self._epochs
 
-    def bump_epochs(self, namespaces: set[str]) -> None:
+    def bump_epochs(self, namespaces: set[str], reason: str) -> None:
         """A TRUNCATE: every older cache entry of these namespaces becomes invalid. Not
         committed here (the logical listener commits before writing entries of the new
         epoch; the trigger listener with the claimed batch)."""
@@ -210,8 +210,7 @@ class BaseListener:
         self._epochs = None
         with self.target.errors():
             for namespace in sorted(namespaces):
-                epoch = conn.execute(bump_epoch_sql(self.objects.epochs),
-                                     {"ns": namespace}).fetchone()
+                epoch = conn.execute(BUMP_SQL, {"ns": namespace, "reason": reason}).fetchone()
                 log.info("capture: epoch of %r is now %s", namespace,
                          epoch[0] if epoch else "?")
 

@@ -195,7 +195,7 @@ class LogicalListener(BaseListener):
         except psycopg.errors.DuplicateObject:  # another listener of the group was first
             work.rollback()
             return
-        self.bump_epochs(set(self.keyspaces))
+        self.bump_epochs(set(self.keyspaces), f"new replication slot {self.slot}")
         log.info("capture: created replication slot %s (epochs bumped: %s)", self.slot,
                  ", ".join(sorted(self.keyspaces)))
 
@@ -393,7 +393,7 @@ class LogicalListener(BaseListener):
         assert stream is not None
         try:
             if self._truncated:
-                self.bump_epochs(self._truncated)
+                self.bump_epochs(self._truncated, "TRUNCATE (logical capture)")
                 self.commit()
                 self.stats.truncates += len(self._truncated)
             self.apply(self._pending)

@@ -42,6 +42,7 @@ from typing import Literal
 from psycopg import errors as pg
 from psycopg import sql
 
+from .. import epochs
 from ..errors import ConfigError
 from .pg import (
     Connection,
@@ -125,7 +126,7 @@ class Installed:
 _SHARED = {
     SEQUENCE: ("S", "CREATE SEQUENCE {o} AS bigint INCREMENT BY 2 START WITH 2 NO CYCLE",
                "GRANT USAGE ON SEQUENCE {o} TO PUBLIC"),
-    EPOCHS: ("r", "CREATE TABLE {o} (namespace text PRIMARY KEY, epoch bigint NOT NULL)", None),
+    EPOCHS: ("r", epochs.PG_CREATE.replace("IF NOT EXISTS writethrough_epochs", "{o}"), None),
     PARKED: ("r", "CREATE TABLE {o} (namespace text NOT NULL, key text NOT NULL, "
                   "version bigint, deleted boolean NOT NULL, attempts int NOT NULL DEFAULT 0, "
                   "parked_at timestamptz NOT NULL DEFAULT now(), "

@@ -168,7 +168,7 @@ class TriggerListener(BaseListener):
                             keys = changes.setdefault(namespace, {})
                             keys.setdefault(str(key), KeyChange(None, False))
                     if truncated:
-                        self.bump_epochs(truncated)
+                        self.bump_epochs(truncated, "TRUNCATE (trigger capture)")
                         self.stats.truncates += len(truncated)
                     if changes:
                         self.apply(changes)

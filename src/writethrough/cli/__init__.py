@@ -22,6 +22,7 @@ from ..errors import WritethroughError
 from .args import Adder, Runner
 from .chaos import add_chaos, run_chaos
 from .compare import add_compare, run_compare
+from .epoch import add_epoch, run_epoch
 from .install import add_install, add_uninstall, run_install, run_uninstall
 from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
@@ -36,6 +37,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "uninstall": (add_uninstall, run_uninstall),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "epoch": (add_epoch, run_epoch),
 }
 
 
