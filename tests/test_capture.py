@@ -34,9 +34,9 @@ from writethrough.capture import (
     install,
     slot_status,
     uninstall,
-    versions,
 )
 from writethrough.capture.listener import BaseListener
+from writethrough.capture.versions import epoch_floor
 from writethrough.protocol import Entry, Kind, visible
 from writethrough.tools.faults import FaultyCache
 
@@ -258,8 +258,9 @@ def test_a_value_column_is_cached_alone(table: Captured, cache: Cache) -> None:
           ) as only_name:
         assert only_name.drain_once() == 2
     versions = {k: v for k, (v, _) in table.rows().items()}
-    assert cached(cache, table, 7) == Entry.value(cache_version(table.epoch(), versions["7"]), b'"Ann"')
-    assert cached(cache, table, 8) == Entry.value(cache_version(table.epoch(), versions["8"]), b"null")
+    epoch = table.epoch()
+    assert cached(cache, table, 7) == Entry.value(cache_version(epoch, versions["7"]), b'"Ann"')
+    assert cached(cache, table, 8) == Entry.value(cache_version(epoch, versions["8"]), b"null")
 
 
 def test_truncate_bumps_the_epoch_and_nothing_older_is_served(table: Captured,
