@@ -188,6 +188,9 @@ def ensure_shared(conn: Connection, objects: Objects, *, changes: bool) -> None:
             if name == CHANGES and mine:  # the policies of this version
                 for statement in _CHANGES_POLICIES:
                     conn.execute(sql.SQL(statement).format(o=target))
+            if name == EPOCHS and mine:  # a table of an earlier version: its new columns
+                conn.execute(sql.SQL(epochs.PG_UPGRADE.replace(
+                    "TABLE writethrough_epochs", "TABLE {o}")).format(o=target))
             continue
         # A savepoint: a concurrent install may win the race to create it.
         with suppress(pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject), \
