@@ -22,9 +22,10 @@ What lands on the table (one transaction, idempotent, run it again to switch mod
 Least privilege: every function is ``SECURITY INVOKER`` (it runs as the role writing
 the table, with that role's rights, never the installer's) and does no DML on the
 user's table; EXECUTE is revoked from PUBLIC (trigger functions fire without it, so
-nobody can attach them elsewhere); the change-recording function checks ``TG_RELID``
-and pins ``search_path``; the per-row version function names everything
-schema-qualified instead (a ``SET search_path`` clause costs 2-3x on a bulk UPDATE).
+nobody can attach them elsewhere); the change-recording function checks ``TG_RELID``.
+Both name everything schema-qualified, operators included (``OPERATOR(pg_catalog.=)``),
+instead of pinning ``search_path`` with a ``SET`` clause (which costs 2-3x on a bulk
+UPDATE): an invoker's ``search_path`` cannot redirect them.
 Writers need USAGE on the sequence and INSERT on ``writethrough_changes`` (granted to
 PUBLIC); a row-level security policy lets a role record changes only of tables it may
 write. The shared objects are created in the installer's ``current_schema()``; one that
@@ -221,20 +222,24 @@ END $wt$
 # One row per changed key (an UPDATE that changes the key: the old key too); one NOTIFY
 # per statement at most, folded into one per transaction by PostgreSQL.
 _CHANGE_FN = """
-CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER
-SET search_path = pg_catalog, pg_temp AS $wt$
+CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql SECURITY INVOKER AS $wt$
 BEGIN
-  IF TG_RELID <> {oid}::oid THEN
+  IF TG_RELID OPERATOR(pg_catalog.<>) {oid}::pg_catalog.oid THEN
     RAISE EXCEPTION 'writethrough: this function records changes of table % only', {oid};
   END IF;
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO {changes} (tbl, key) SELECT TG_RELID, n.{key}::text FROM new_rows n;
-  ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO {changes} (tbl, key) SELECT TG_RELID, n.{key}::text FROM new_rows n;
-    INSERT INTO {changes} (tbl, key) SELECT TG_RELID, o.{key}::text FROM old_rows o
-      WHERE NOT EXISTS (SELECT FROM new_rows n WHERE n.{key} = o.{key});
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO {changes} (tbl, key) SELECT TG_RELID, o.{key}::text FROM old_rows o;
+  IF TG_OP OPERATOR(pg_catalog.=) 'INSERT' THEN
+    INSERT INTO {changes} (tbl, key)
+      SELECT TG_RELID, n.{key}::pg_catalog.text FROM new_rows n;
+  ELSIF TG_OP OPERATOR(pg_catalog.=) 'UPDATE' THEN
+    INSERT INTO {changes} (tbl, key)
+      SELECT TG_RELID, n.{key}::pg_catalog.text FROM new_rows n;
+    INSERT INTO {changes} (tbl, key)
+      SELECT TG_RELID, o.{key}::pg_catalog.text FROM old_rows o
+      WHERE NOT EXISTS (SELECT FROM new_rows n WHERE n.{key}::pg_catalog.text
+                        OPERATOR(pg_catalog.=) o.{key}::pg_catalog.text);
+  ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+    INSERT INTO {changes} (tbl, key)
+      SELECT TG_RELID, o.{key}::pg_catalog.text FROM old_rows o;
   ELSE
     INSERT INTO {changes} (tbl, key) VALUES (TG_RELID, NULL);
   END IF;
@@ -314,7 +319,8 @@ def install(source_url: str, table: str, key_column: str, *, capture: Capture = 
             conn.execute(sql.SQL(_CHANGE_FN).format(
                 fn=change_fn, oid=sql.Literal(shape.oid), changes=objects.changes,
                 key=sql.Identifier(key_column),
-                notify=sql.SQL("PERFORM pg_notify({}, '');").format(sql.Literal(CHANNEL))
+                notify=sql.SQL("PERFORM pg_catalog.pg_notify({}, '');").format(
+                    sql.Literal(CHANNEL))
                 if notify else sql.SQL("")))
             conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(change_fn))
             for statement in _CHANGE_TRIGGERS:
