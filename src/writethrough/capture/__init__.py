@@ -23,13 +23,14 @@ Needs psycopg (``pip install 'writethrough[postgres]'``).
 from __future__ import annotations
 
 from .apply import KeyChange, cache_key
-from .keyspace import Keyspace, LagPercentiles, ListenerStats, Strategy
+from .keyspace import Backlog, Keyspace, LagPercentiles, ListenerStats, Strategy
 from .logical import LogicalListener, SlotStatus, drop_slot, slot_status
 from .schema import Capture, Installed, install, uninstall
 from .triggers import TriggerListener
 from .versions import cache_version
 
 __all__ = [
+    "Backlog",
     "Capture",
     "Installed",
     "KeyChange",

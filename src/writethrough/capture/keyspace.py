@@ -81,6 +81,19 @@ class LagPercentiles:
     max: float
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What waits to be applied. Triggers capture: change rows, and the oldest one's age.
+    Logical capture: changes received and not yet applied (``events``, usually 0: the
+    backlog is in the server's WAL), ``wal_behind`` bytes of WAL since the slot's
+    confirmed position and ``wal_kept`` bytes the server keeps for the slot."""
+
+    events: int
+    oldest_age: float
+    wal_behind: int | None = None
+    wal_kept: int | None = None
+
+
 @dataclass(slots=True)
 class ListenerStats:
     """Counters. ``applied`` counts changes taken off the log or the changes table."""

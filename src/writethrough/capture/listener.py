@@ -28,9 +28,16 @@ from psycopg.pq import TransactionStatus
 
 from ..caches import open_cache
 from ..caches.base import Cache
-from ..errors import CacheUnavailable, ConfigError, SourceError
+from ..errors import CacheUnavailable, ConfigError, SourceError, SourceUnavailable
 from .apply import CacheApplier, Failed, KeyChange
-from .keyspace import Keyspace, LagPercentiles, LagWindow, ListenerStats, check_keyspaces
+from .keyspace import (
+    Backlog,
+    Keyspace,
+    LagPercentiles,
+    LagWindow,
+    ListenerStats,
+    check_keyspaces,
+)
 from .pg import Connection, PgTarget, TableShape, inspect_table, row_queries
 from .schema import Objects, objects_of
 from .versions import BUMP_SQL, epochs_sql, floor_sql
@@ -122,6 +129,8 @@ class BaseListener:
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
         self._stop: threading.Event | None = None  # run()'s
+        self._observer: Connection | None = None  # backlog(): never the batches' connection
+        self._observer_lock = threading.Lock()
         self.applier = CacheApplier(self.cache, self.stats, stopping=self.stopping)
         try:
             if self._owns_cache:
@@ -305,6 +314,34 @@ class BaseListener:
             self.work().commit()
         return int(row[0]) if row else 0
 
+    # -- observing (metrics, status lines) --------------------------------------------
+
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces this listener applies, sorted."""
+        return sorted(self.keyspaces)
+
+    def backlog(self) -> Backlog:
+        """What waits to be applied, read on a connection of its own (a scrape never holds
+        up a batch). Raises SourceError if the database does not answer."""
+        with self._observer_lock:
+            if self._closing.is_set():
+                raise SourceUnavailable("the listener is closed")
+            try:
+                if self._observer is None or self._observer.closed:
+                    self._observer = self.target.connect(autocommit=True, setup=sql.SQL(
+                        "SET statement_timeout = {}").format(self._statement_timeout))
+                with self.target.errors():
+                    return self.measure_backlog(self._observer)
+            except BaseException:
+                if self._observer is not None:
+                    self._observer.close()
+                    self._observer = None
+                raise
+
+    def measure_backlog(self, conn: Connection) -> Backlog:
+        raise NotImplementedError
+
     # -- life cycle ---------------------------------------------------------------------
 
     def lag_percentiles(self) -> LagPercentiles:
@@ -322,6 +359,10 @@ class BaseListener:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        with self._observer_lock:
+            observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.close()
 
     def __enter__(self) -> Self:
         return self

@@ -43,7 +43,7 @@ from ..caches.base import Cache
 from ..errors import CacheError, ConfigError, SourceError
 from . import pgoutput as po
 from .apply import Interrupted, KeyChange
-from .keyspace import Keyspace
+from .keyspace import Backlog, Keyspace
 from .listener import BaseListener
 from .pg import Connection, PgTarget, identifier
 from .stream import ReplicationStream, SlotBusy
@@ -205,6 +205,13 @@ class LogicalListener(BaseListener):
             status = _status(self.work(), self.slot)
             self.work().commit()
         return status
+
+    def measure_backlog(self, conn: Connection) -> Backlog:
+        status = _status(conn, self.slot)
+        times = self._times
+        age = time.time() - min(times) if times else 0.0
+        return Backlog(self._changes, age, status.behind_bytes if status else None,
+                       status.retained_bytes if status else None)
 
     # -- running ------------------------------------------------------------------------
 

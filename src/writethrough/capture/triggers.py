@@ -35,7 +35,7 @@ from psycopg import sql
 from ..caches.base import Cache
 from ..errors import CacheError, ConfigError, SourceError, SourceUnavailable
 from .apply import Interrupted, KeyChange
-from .keyspace import Keyspace
+from .keyspace import Backlog, Keyspace
 from .listener import BaseListener
 from .pg import Connection
 from .schema import CHANGES, CHANNEL
@@ -147,6 +147,14 @@ class TriggerListener(BaseListener):
             row = self.work().execute(self._queued, (list(self._oids),)).fetchone()
             self.work().commit()
         return int(row[0]) if row else 0
+
+    def measure_backlog(self, conn: Connection) -> Backlog:
+        assert self.objects is not None
+        row = conn.execute(sql.SQL(
+            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at)),"
+            " 0)::float8 FROM {} WHERE tbl = ANY(%s)").format(self.objects.changes),
+            (list(self._oids),)).fetchone()
+        return Backlog(int(row[0]), float(row[1])) if row else Backlog(0, 0.0)
 
     def _drain_batch(self) -> tuple[int, bool]:
         with self._lock:

@@ -8,8 +8,10 @@ SQL, other services, migrations), captured by ``writethrough install``.
 
 ``--capture auto`` (default) streams the WAL (logical decoding) where the table was
 installed that way, else reads the triggers' changes table. ``listen`` runs until Ctrl-C
-or SIGTERM (it stops between batches), then prints what it applied, the lag from commit
-to cache write (p50 / p99), and for logical capture the WAL the slot keeps.
+or SIGTERM (it stops at the next cache write), logging a status line every
+``--status-interval`` seconds and serving Prometheus metrics on ``--metrics-port``; then it
+prints what it applied, the lag from commit to cache write (p50 / p99), and for logical
+capture the WAL the slot keeps.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from ..errors import CacheError, SourceError
-from .args import Subparsers, add_table_args, int_at_least, positive_float
+from .args import Subparsers, add_operating_args, add_table_args, int_at_least, positive_float
+from .operating import operating
 from .output import EXIT_ERROR, error
 
 if TYPE_CHECKING:
@@ -62,6 +65,7 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
     add("--once", action="store_true", help="apply what was committed until now, then exit")
     add("--status", action="store_true",
         help="print the slot's backlog and retained WAL and the parked keys, then exit")
+    add_operating_args(parser)
     return parser
 
 
@@ -82,9 +86,13 @@ def run_listen(args: argparse.Namespace) -> int:
             if args.once:
                 listener.drain_once()
             else:
+                from ..observe.status import listener_fields
+
                 err.print(f"listening for {space.namespace!r} ({space.strategy}, "
                           f"{_kind(listener)}); Ctrl-C stops")
-                _run_until_signal(listener)
+                with operating(args, lambda c: c.add_listener(listener),
+                               listener_fields(listener)):
+                    _run_until_signal(listener)
         except KeyboardInterrupt:
             pass
         except (CacheError, SourceError) as exc:  # --once: nothing past the failure is lost

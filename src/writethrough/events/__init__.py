@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..capture import (
+    Backlog,
     Keyspace,
     LagPercentiles,
     ListenerStats,
@@ -49,6 +50,7 @@ def uninstall_triggers(source_url: str, table: str, *, connect_timeout: int = 5)
 
 
 __all__ = [
+    "Backlog",
     "Installed",
     "Keyspace",
     "LagPercentiles",
