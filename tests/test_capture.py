@@ -764,3 +764,33 @@ def test_a_reinsert_drawn_before_an_update_and_delete_goes_back_but_is_never_sta
 def _ignore_unique(t: Captured, statement: str) -> None:
     with suppress(psycopg.errors.UniqueViolation):
         t.sql(statement)
+
+
+def test_a_slot_that_lost_its_wal_is_recreated_and_the_epoch_bumped(
+        logical_table: Captured, logical_pg: PostgresServer, cache: Cache) -> None:
+    """``max_slot_wal_keep_size`` invalidated the slot of a stopped group: changes were
+    lost, so the listener makes a new slot and bumps the epoch (older entries invalid)."""
+    if logical_pg.pid is None:
+        pytest.skip("changes a server setting: only on a server the tests started")
+    t = logical_table
+    t.sql("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+    t.sql("SELECT pg_reload_conf()")
+    try:
+        with t.listener() as listener:
+            listener.drain_once()
+        before = t.epoch()
+        for _ in range(4):
+            t.sql("INSERT INTO {t} (id, name) SELECT g, repeat('x', 500) "
+                  "FROM generate_series(1, 3000) g ON CONFLICT (id) DO UPDATE SET name = 'y'")
+            t.sql("SELECT pg_switch_wal()")
+            t.sql("CHECKPOINT")
+        status = slot_status(t.url, t.group)
+        assert status is not None and status.wal_status == "lost"
+        with t.listener() as listener:
+            listener.drain_once()
+        assert t.epoch() > before, "what was lost can no longer be served"
+        status = slot_status(t.url, t.group)
+        assert status is not None and status.wal_status != "lost"
+    finally:
+        t.sql("ALTER SYSTEM RESET max_slot_wal_keep_size")
+        t.sql("SELECT pg_reload_conf()")

@@ -46,7 +46,7 @@ from .apply import Interrupted, KeyChange
 from .keyspace import Backlog, Keyspace
 from .listener import BaseListener
 from .pg import Connection, PgTarget, identifier
-from .stream import ReplicationStream, SlotBusy
+from .stream import ReplicationStream, SlotBusy, SlotLost
 
 log = logging.getLogger("writethrough.capture")
 SLOT_PREFIX = "writethrough_"
@@ -280,7 +280,17 @@ class LogicalListener(BaseListener):
             raise SourceError("the listener is closed")
         if not stream.is_open:
             self._reset()
-            stream.open()
+            try:
+                stream.open()
+            except SlotLost as exc:  # changes were lost: a new slot, the epochs bumped
+                log.warning("capture: %s; re-creating it", exc)
+                try:
+                    self._ensure_slot()
+                    self.commit()
+                except BaseException:
+                    self.abort()
+                    raise
+                stream.open()
             if self.standby:
                 log.info("capture: slot %s acquired; streaming", self.slot)
             self.standby = False

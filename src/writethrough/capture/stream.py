@@ -45,6 +45,10 @@ class SlotBusy(SourceUnavailable):
     """Another listener of the same group holds the slot (it is the active one)."""
 
 
+class SlotLost(SourceError):
+    """The slot was invalidated (``max_slot_wal_keep_size``): the WAL it needed is gone."""
+
+
 class ReplicationStream:
     """One ``START_REPLICATION`` session on a logical slot with the pgoutput plugin."""
 
@@ -82,6 +86,8 @@ class ReplicationStream:
             conn.finish()
             if state == "55006":  # object_in_use: another listener streams from this slot
                 raise SlotBusy(f"slot {self.slot!r} is in use by another listener: {message}")
+            if state == "55000" and "invalidated" in message:
+                raise SlotLost(f"slot {self.slot!r}: {message}")
             if state.startswith(("08", "57", "53")) or not state:
                 raise SourceUnavailable(f"PostgreSQL {self._where}: {message}")
             raise SourceError(f"PostgreSQL {self._where} ({state}): {message}")
