@@ -1,9 +1,8 @@
 """Hostile database roles, on a real PostgreSQL server.
 
-The trigger functions run as the role that installed them (SECURITY DEFINER). A role
-that may only write the table must not be able to use them for anything else: here, a
-role that may create its own table tries to attach them to it, to plant events and
-version floors as the owner.
+A role that may only write a table with change capture must not be able to use the
+capture's functions or tables for anything else: attach the trigger functions to a table
+of its own, or record changes of tables it may not write.
 """
 
 from __future__ import annotations
@@ -16,14 +15,15 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from writethrough.events import install_triggers
+from writethrough.capture import install, uninstall
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def setting(postgres_srv: Any) -> Iterator[tuple[str, str, str]]:
-    """(admin URL, a table with triggers, a login role that may write it and create tables)."""
+    """(admin URL, a table with trigger capture, a login role that may write it and create
+    tables of its own)."""
     url = str(postgres_srv.url)
     tag = f"wtsec{uuid.uuid4().hex[:8]}"
     role, table = f"{tag}_writer", f"{tag}_items"
@@ -40,39 +40,44 @@ def setting(postgres_srv: Any) -> Iterator[tuple[str, str, str]]:
         conn.execute(sql.SQL("GRANT INSERT, UPDATE, DELETE, SELECT ON {t} TO {r}").format(**ident))
         conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {s} TO {r}").format(**ident))
         try:
-            install_triggers(url, table, "id", tag)
+            install(url, table, "id", capture="triggers")
             yield url, table, role
         finally:
-            conn.execute(sql.SQL("RESET ROLE"))
+            conn.execute("RESET ROLE")
+            conn.execute("DELETE FROM writethrough_changes WHERE tbl = %s::regclass", (table,))
+            uninstall(url, table)
             conn.execute(sql.SQL("DROP OWNED BY {r}").format(**ident))
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(**ident))
-            conn.execute("DELETE FROM writethrough_events WHERE namespace = %s", (tag,))
-            conn.execute("DELETE FROM writethrough_version_floor WHERE tbl LIKE %s", (f"%{table}",))
             conn.execute(sql.SQL("DROP ROLE {r}").format(**ident))
 
 
-def test_a_writer_cannot_attach_the_owners_trigger_functions(setting: tuple[str, str, str]) -> None:
+def test_a_writer_cannot_reuse_the_capture_for_anything_else(
+        setting: tuple[str, str, str]) -> None:
     url, table, role = setting
     with psycopg.connect(url, autocommit=True) as conn:
         functions = [row[0] for row in conn.execute(
             "SELECT DISTINCT p.oid::regprocedure::text FROM pg_trigger t "
             "JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = %s::regclass "
-            "AND t.tgname LIKE 'writethrough_%%'", (table,))]
-        assert len(functions) == 2
+            "AND NOT t.tgisinternal", (table,))]
+        assert functions, "capture installed its triggers"
         conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-        # What the role is meant to do still works: its writes fire the triggers.
+        # What the role is meant to do still works: its writes are recorded.
         conn.execute(sql.SQL("INSERT INTO {} (id, v) VALUES (1, 1)").format(sql.Identifier(table)))
         own = sql.Identifier(f"{role}_own")
         conn.execute(sql.SQL("CREATE TABLE {} (id int, version bigint)").format(own))
-        for function in functions:
+        for function in functions:  # EXECUTE is revoked from PUBLIC: no attaching elsewhere
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                conn.execute(sql.SQL("CREATE TRIGGER planted AFTER INSERT OR DELETE ON {} "
+                conn.execute(sql.SQL("CREATE TRIGGER planted BEFORE INSERT ON {} "
                                      "FOR EACH ROW EXECUTE FUNCTION {}").format(
                     own, sql.SQL(function)))
+        # Row-level security: it records changes only of tables it may write.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO writethrough_changes (tbl, key) "
+                         "VALUES ('writethrough_epochs'::regclass, 'x')")
         conn.execute("RESET ROLE")
-        events = conn.execute("SELECT count(*) FROM writethrough_events WHERE key = '1' "
-                              "AND namespace = %s", (table.removesuffix("_items"),)).fetchone()
-        assert events == (1,)
+        changes = conn.execute("SELECT count(*) FROM writethrough_changes "
+                               "WHERE tbl = %s::regclass AND key = '1'", (table,)).fetchone()
+        assert changes is not None and changes[0] >= 1
 
 
 def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any) -> None:

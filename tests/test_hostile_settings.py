@@ -103,8 +103,8 @@ def test_store_constructors_refuse_bad_namespaces(namespace: Any) -> None:
 
 
 def test_identifiers_refuse_a_trailing_newline(tmp_path: Path) -> None:
+    from writethrough.capture import Keyspace
     from writethrough.checks import check_identifier
-    from writethrough.events import Keyspace
     from writethrough.sources.sqlite import SQLiteSource
 
     with pytest.raises(ConfigError):
@@ -223,20 +223,20 @@ def test_bad_postgres_options(postgres_srv: Any, query: str) -> None:
 
 @pytest.mark.postgres
 def test_the_listener_refuses_what_the_store_refuses(postgres_srv: Any) -> None:
-    from writethrough.events import Keyspace, Listener
-    from writethrough.events.triggers import PgTarget
+    from writethrough.capture import Keyspace, TriggerListener
+    from writethrough.capture.pg import PgTarget
 
     url = str(postgres_srv.url)
     sep = "&" if "?" in url else "?"
-    for bad in (f"{url}{sep}connect_timeout=0", "postgres://u:p@[::1/test",
-                f"{url}{sep}pool_max=0"):
+    for bad in (f"{url}{sep}connect_timeout=0", "postgres://u:p@[::1/test"):
         with pytest.raises(ConfigError):
             PgTarget.parse(bad)
     spaces = {"ns": Keyspace("ns", "t", "id")}
     for kwargs in ({"poll_interval": NAN}, {"poll_interval": INF}, {"batch_size": 0},
-                   {"lag_samples": -1}, {"statement_timeout_ms": -5}, {"backoff": "x"}):
+                   {"lag_samples": -1}, {"statement_timeout_ms": -5},
+                   {"statement_timeout_ms": 2**31}, {"batch_size": 10**9}):
         with pytest.raises(ConfigError):
-            Listener(url, "memory://", spaces, **kwargs)
+            TriggerListener(url, "memory://", spaces, **kwargs)
 
 
 # -- client errors are CacheErrors where the I/O happens -----------------------------------

@@ -135,7 +135,7 @@ def test_scrub_of_a_short_password_leaves_ordinary_words_alone() -> None:
 
 @pytest.mark.postgres
 def test_postgres_errors_and_reprs_hold_no_password() -> None:
-    from writethrough.events.triggers import PgTarget
+    from writethrough.capture.pg import PgTarget
     from writethrough.sources.postgres import map_error
 
     password = "pg/SECRET-x"
