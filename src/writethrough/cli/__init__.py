@@ -21,7 +21,13 @@ from collections.abc import Sequence
 from typing import NoReturn, cast
 
 from .. import __version__
-from ..errors import ConfigError, InvalidKeyError, InvalidValueError, WritethroughError
+from ..errors import (
+    ConfigError,
+    InvalidKeyError,
+    InvalidValueError,
+    InvalidVersionError,
+    WritethroughError,
+)
 from .advise import add_advise, run_advise
 from .args import CACHE_ENV, SOURCE_ENV, Adder, Runner, Subparsers
 from .chaos import add_chaos, run_chaos
@@ -73,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Bad input: a usage error (2). The database or the cache failing: a runtime error (1).
-USAGE_ERRORS = (ConfigError, InvalidKeyError, InvalidValueError)
+USAGE_ERRORS = (ConfigError, InvalidKeyError, InvalidValueError, InvalidVersionError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
