@@ -91,8 +91,6 @@ def test_namespace_rule_is_one_pure_function() -> None:
             check_namespace(bad)
 
 
-@pytest.mark.xfail(reason="the lead adds check_namespace() to the Store/AsyncStore constructors",
-                   strict=False)
 @pytest.mark.parametrize("namespace", ["a:b", None, "ok\n"])
 def test_store_constructors_refuse_bad_namespaces(namespace: Any) -> None:
     from writethrough.caches.memory import MemoryCache
@@ -367,3 +365,11 @@ def test_compare_replays_the_same_ops_without_keeping_them() -> None:
     assert list(Replay(workload)) == list(Replay(workload)) == generate(workload)
     assert len(Replay(workload)) == len(generate(workload))
     assert list(Warmup(workload)) == initial_profiles(workload)
+
+
+def test_store_constructors_refuse_settings_that_are_not_settings() -> None:
+    from writethrough.caches.memory import MemoryCache
+    from writethrough.sources.sqlite import SQLiteSource
+
+    with pytest.raises(ConfigError, match="Settings"):
+        Store(SQLiteSource(":memory:", namespace="n"), MemoryCache(), settings="x")  # type: ignore[arg-type]

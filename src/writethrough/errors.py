@@ -12,7 +12,8 @@ driver classes.
     ├── SourceError            the database failed; nothing was written to the cache
     │   ├── SourceUnavailable  cannot connect / open
     │   ├── SourceTimeout
-    │   └── SourceConflict     serialization failure, constraint violation
+    │   ├── SourceConflict     serialization failure, constraint violation
+    │   └── SourceDataError    a row's value the serializer cannot read
     └── CacheError             the cache failed (the store handles these itself)
         ├── CacheTimeout       ambiguous: the command may have been applied
         ├── CacheUnavailable   connection refused / reset, circuit open
@@ -57,6 +58,10 @@ class SourceTimeout(SourceError):
 
 class SourceConflict(SourceError):
     """A serialization failure or constraint violation; retrying may succeed."""
+
+
+class SourceDataError(SourceError):
+    """A row holds a value the store's serializer cannot read (written by someone else)."""
 
 
 class CacheError(WritethroughError):

@@ -20,7 +20,14 @@ from typing import Any
 from ..checks import check_identifier, check_seconds
 from ..epochs import MAX_ROW_VERSION, compose, split
 from ..epochs import TABLE as EPOCHS
-from ..errors import ConfigError, SourceConflict, SourceError, SourceTimeout, SourceUnavailable
+from ..errors import (
+    ConfigError,
+    InvalidKeyError,
+    SourceConflict,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
 from ..urls import ParsedURL
 from .base import Logged, OutboxRow, Row
 
@@ -49,10 +56,11 @@ class SQLiteSource:
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
     ) -> None:
-        if not _IDENTIFIER.match(table):
+        if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise ConfigError(f"table name {table!r} is not a plain SQL identifier")
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        check_seconds("busy_timeout", busy_timeout, allow_zero=True, maximum=3600)
         self.path = path
         self.namespace = namespace
         self.table = table
@@ -202,6 +210,8 @@ class SQLiteSource:
                     yield conn
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
+        except UnicodeEncodeError:  # a lone surrogate in a key: never reached the database
+            raise InvalidKeyError("key is not valid Unicode (lone surrogate)") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
