@@ -24,6 +24,7 @@ from .errors import (
     ConfigError,
     InvalidKeyError,
     InvalidValueError,
+    ReadOnlyTableError,
     SourceConflict,
     SourceError,
     SourceTimeout,
@@ -34,6 +35,8 @@ from .protocol import OnEmpty
 from .repair import RetryPolicy
 from .serializers import BytesSerializer, JSONSerializer, Serializer
 from .sources import open_async_source, open_source
+from .sources.table import Table
+from .sources.tables import open_async_table_source, open_table_source
 from .store import (
     AsyncStore,
     CacheOutcome,
@@ -77,6 +80,7 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> Store:
     """Open a store over a source of truth and a cache.
 
@@ -99,13 +103,22 @@ def open(  # the public name the API promises (shadows the builtin inside this m
       so a writer that dies after its commit is repaired by any repair worker,
       e.g. ``writethrough repair``; costs one more row insert per write, and a
       batched delete off the write path).
+    - ``table``: a :class:`Table` of *your* database (``Table("users", key="id")``): the
+      store reads its rows by key, with their own version column, and caches each row as
+      a dict; it never writes them (``put``/``delete`` raise ReadOnlyTableError): commit
+      your own writes, then ``store.apply_write(key, version, value)`` -- or use an
+      integration (``writethrough.integrations``, ``writethrough.django``).
 
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
     settings = _settings(locals())
     opened_cache = open_cache(cache, **(cache_options or {}))
     try:
-        opened_source = open_source(source, namespace=namespace, **(source_options or {}))
+        if table is not None:
+            opened_source = open_table_source(source, table, namespace=namespace,
+                                              **(source_options or {}))
+        else:
+            opened_source = open_source(source, namespace=namespace, **(source_options or {}))
     except BaseException:
         opened_cache.close()
         raise
@@ -148,6 +161,7 @@ def open_async(
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> AsyncOpener:
     """The asyncio store, with the same settings as :func:`open`.
 
@@ -157,7 +171,11 @@ def open_async(
     """
     settings = _settings(locals())
     opened_cache = open_async_cache(cache, **(cache_options or {}))
-    opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
+    if table is not None:
+        opened_source = open_async_table_source(source, table, namespace=namespace,
+                                                **(source_options or {}))
+    else:
+        opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
     return AsyncOpener(
         AsyncStore(
             opened_source,
@@ -234,6 +252,7 @@ __all__ = [
     "InvalidKeyError",
     "InvalidValueError",
     "JSONSerializer",
+    "ReadOnlyTableError",
     "RetryPolicy",
     "Serializer",
     "Settings",
@@ -243,6 +262,7 @@ __all__ = [
     "SourceUnavailable",
     "Stats",
     "Store",
+    "Table",
     "Versioned",
     "WriteResult",
     "WritethroughError",
