@@ -66,6 +66,8 @@ class SQLiteTableSource:
         self._sql_scan = ""
 
     def open(self) -> None:
+        if self.claim is not None:
+            return
         conn = self._conn()
         try:
             self._adopt(conn)
