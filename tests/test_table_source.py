@@ -44,7 +44,7 @@ def test_registry_judges_claims() -> None:
     assert judge(mine, mine) is Verdict.SAME
     assert judge(mine, Claim("users", "public.users", "id", 11, mine.signature)) is Verdict.CHANGED
     assert judge(mine, Claim("users", "public.users", "id", 10, "id bigint")) is Verdict.CHANGED
-    with pytest.raises(ConfigError, match="holds rows of table 'public.users'"):
+    with pytest.raises(ConfigError, match=r"holds rows of table 'public\.users'"):
         judge(mine, Claim("users", "public.orders", "id", 12, "x"))
 
 
