@@ -29,7 +29,7 @@ class Change:
     version: int
     value: Any = None
     deleted: bool = False
-    tags: frozenset[int] = frozenset()  # the savepoints it was made in (ids)
+    tags: frozenset[Any] = frozenset()  # the savepoints it was made in (kept alive: no id reuse)
 
     def cache_version(self) -> int:
         """The version handed to the store: the row's (+1 for a delete), with its epoch."""
@@ -48,7 +48,7 @@ class Pending:
     def add(self, change: Change) -> None:
         self.changes.append(change)
 
-    def drop(self, tag: int | None = None) -> None:
+    def drop(self, tag: Any = None) -> None:
         """Forget the changes made in savepoint ``tag`` (or all, for a rollback)."""
         if tag is None:
             self.changes.clear()
