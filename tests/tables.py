@@ -37,7 +37,9 @@ class PgTable:
 
     def drop(self) -> None:
         self.sql("DROP TABLE IF EXISTS {t}")
-        self.sql("DELETE FROM writethrough_namespaces WHERE namespace = %s", (self.namespace,))
+        if self.sql("SELECT to_regclass('writethrough_namespaces')")[0][0] is not None:
+            self.sql("DELETE FROM writethrough_namespaces WHERE namespace = %s",
+                     (self.namespace,))
 
 
 @contextmanager

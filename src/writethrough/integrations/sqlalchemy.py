@@ -142,6 +142,25 @@ class Writethrough:
                                   version=mapper.version_id_col.name, columns=columns or tuple(
                                       c.name for c in mapper.columns if c.table is table))
 
+    def record(self, session: Any, cls: type, row: Any) -> None:
+        """Record a row changed by a Core statement -- ``update(User)...returning(User)`` or
+        ``...returning(*User.__table__.c)`` -- for the cache step after this session's
+        COMMIT, like an instance changed through the ORM. ``row``: a mapped instance, a
+        ``Row`` or a mapping by column name (with the version the statement returned).
+        """
+        cached = self._cached(cls)
+        session = getattr(session, "sync_session", session)
+        if isinstance(row, cls):
+            change = cached.change(row, False, _savepoints(session))
+        else:
+            mapping = dict(getattr(row, "_mapping", row))
+            values = {name: mapping[name] if name in mapping else mapping[attr]
+                      for name, attr in cached.attrs.items()}
+            change = Change(cached.store, key_of(values[cached.mapper.primary_key[0].name]),
+                            int(values[cached.mapper.version_id_col.name]),
+                            row_value(cached.store, values), tags=_savepoints(session))
+        session.info.setdefault(_PENDING, Pending()).add(change)
+
     def store(self, cls: type) -> Any:
         return self._cached(cls).store
 
