@@ -132,7 +132,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
         clock=clock,
         repair_worker=repair_worker,
     )
-    return store.open()
+    if table is None:
+        return store.open()
+    from .lifecycle import after_open
+
+    return after_open(store.open())  # type: ignore[no-any-return]
 
 
 def open_async(
@@ -197,10 +201,16 @@ class AsyncOpener:
         self.store = store
 
     def __await__(self) -> Generator[Any, None, AsyncStore]:
-        return self.store.open().__await__()
+        return self._open().__await__()
 
     async def __aenter__(self) -> AsyncStore:
-        return await self.store.open()
+        return await self._open()
+
+    async def _open(self) -> AsyncStore:
+        from .lifecycle import aafter_open
+
+        opened: AsyncStore = await aafter_open(await self.store.open())
+        return opened
 
     async def __aexit__(self, *exc: object) -> None:
         await self.store.close()

@@ -215,6 +215,10 @@ class AsyncSQLiteTableSource:
         return self.inner.table
 
     @property
+    def claim_verdict(self) -> Verdict | None:
+        return self.inner.claim_verdict
+
+    @property
     def columns(self) -> tuple[str, ...]:
         return self.inner.columns
 
