@@ -10,9 +10,9 @@ OID (PostgreSQL) and column signature -- in the same database:
   two tables' rows under one namespace;
 * the same name but **a re-created table** (another OID) or **another column list**
   (``ALTER TABLE ... ADD COLUMN``): the claim is updated and the namespace's **epoch** is
-  bumped, so every entry read from the old table or schema is older than anything read
-  now (see :func:`cache_version`). Change capture bumps it on TRUNCATE
-  (:func:`bump_epoch`).
+  bumped (see :func:`cache_version`), and the store that noticed flushes the namespace
+  (``lifecycle.after_open``). Change capture does the same on TRUNCATE
+  (``lifecycle.truncated``).
 
 The SQL is for PostgreSQL (``%s``) and SQLite (``?``, no OIDs: a re-created SQLite table
 with the same columns is not detected -- flush the namespace, ``writethrough table
@@ -107,16 +107,20 @@ def cache_version(epoch: int, row_version: int) -> int:
     """The version a cache entry carries for ``row_version`` read under ``epoch``.
 
     THE one place where a row's own version becomes a cache version: the table source,
-    the after-commit integrations (and change capture) all go through it, so a bumped
-    epoch orders every newer entry after every older one. Epoch 0 leaves versions as they
-    are.
+    the after-commit integrations (and change capture) all go through it. Once the
+    protocol core can carry epochs (``writethrough.epochs.compose``, issue 9: exact big-int
+    versions on Redis, ``apply_write`` accepting them) it composes ``epoch * 10**19 +
+    row_version``, so a bumped epoch orders every newer entry after every older one. Until
+    then it returns the row's version as it is, and a changed table is made safe by
+    flushing its namespace (``lifecycle.after_open`` / ``truncated``) -- an older writer
+    still in flight then lands a tombstone on the empty key, never a value.
     """
     if epoch < 0 or not 0 <= row_version < EPOCH_FACTOR:
         raise ConfigError(f"version {row_version} / epoch {epoch} out of range")
     try:  # the protocol core's epochs, once they land (issue 9)
         from ..epochs import compose  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
-        return epoch * EPOCH_FACTOR + row_version
+        return row_version
     composed: int = compose(epoch, row_version)
     return composed
 
