@@ -49,3 +49,9 @@ def pg_table(url: str, columns: str = "name text, balance numeric(12,2)") -> Ite
         yield table
     finally:
         table.drop()
+
+
+def roomy(url: str) -> str:
+    """A Redis URL with timeouts that survive a loaded CI machine (not what these tests
+    are about; the fault tests set their own)."""
+    return f"{url}{'&' if '?' in url else '?'}socket_timeout=0.5&socket_connect_timeout=0.5"

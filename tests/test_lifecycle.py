@@ -10,7 +10,7 @@ import pytest
 
 import writethrough
 from servers import PostgresServer, RedisServer
-from tables import pg_table
+from tables import pg_table, roomy
 from writethrough import Table, lifecycle
 from writethrough.events import install_triggers
 from writethrough.sources.registry import Verdict
@@ -26,7 +26,7 @@ def test_backfill_then_every_read_is_a_hit(postgres_srv: PostgresServer,
                                            redis_srv: RedisServer) -> None:
     with pg_table(postgres_srv.url) as t:
         t.sql("INSERT INTO {t} (id, name) SELECT g, 'u' || g FROM generate_series(1, 1203) g")
-        with _open(t, redis_srv.url) as store:
+        with _open(t, roomy(redis_srv.url)) as store:
             store.get("5")  # already cached: left alone
             report = lifecycle.backfill(store, batch=250)
             assert (report.rows, report.filled, report.cached) == (1203, 1202, 1)
@@ -43,7 +43,7 @@ def test_backfill_never_overwrites_a_newer_write(postgres_srv: PostgresServer,
     lease taken before the re-read, so what lands is the newer row, never the scanned one."""
     with pg_table(postgres_srv.url) as t:
         t.sql("INSERT INTO {t} (id, name) SELECT g, 'old' FROM generate_series(1, 10) g")
-        with _open(t, redis_srv.url) as store:
+        with _open(t, roomy(redis_srv.url)) as store:
             scan = store.source.scan
             calls = []
 
@@ -57,8 +57,9 @@ def test_backfill_never_overwrites_a_newer_write(postgres_srv: PostgresServer,
             store.source.scan = scan_then_write  # type: ignore[method-assign]
             lifecycle.backfill(store)
             store.source.scan = scan  # type: ignore[method-assign]
+            v3 = t.version(3)
             assert store.get_versioned("3") == writethrough.Versioned(
-                {"id": 3, "name": "new", "balance": None, "version": 2}, 2)
+                {"id": 3, "name": "new", "balance": None, "version": v3}, v3)
 
 
 def test_flush_removes_only_its_namespace(postgres_srv: PostgresServer,
@@ -66,7 +67,7 @@ def test_flush_removes_only_its_namespace(postgres_srv: PostgresServer,
     with pg_table(postgres_srv.url) as t, pg_table(postgres_srv.url) as other:
         for table in (t, other):
             table.sql("INSERT INTO {t} (id, name) VALUES (1, 'a'), (2, 'b')")
-        with _open(t, redis_srv.url) as store, _open(other, redis_srv.url) as kept:
+        with _open(t, roomy(redis_srv.url)) as store, _open(other, roomy(redis_srv.url)) as kept:
             for s in (store, kept):
                 s.get("1"), s.get("2")
             epoch = store.source.epoch
@@ -86,7 +87,7 @@ def test_truncate_then_reinsert_serves_the_new_rows(postgres_srv: PostgresServer
         t.sql("INSERT INTO {t} (id, name) VALUES (1, 'before')")
         for i in range(4):
             t.sql("UPDATE {t} SET name = %s WHERE id = 1", (f"before{i}",))
-        with _open(t, redis_srv.url) as store:
+        with _open(t, roomy(redis_srv.url)) as store:
             assert store.get("1")["name"] == "before3"
             t.sql("TRUNCATE {t}")
             t.sql("DELETE FROM writethrough_version_floor WHERE tbl LIKE %s", (f"%{t.name}",))
@@ -102,7 +103,7 @@ def test_reopened_store_flushes_a_changed_table(postgres_srv: PostgresServer,
                                                 redis_srv: RedisServer, change: str) -> None:
     with pg_table(postgres_srv.url) as t:
         t.sql("INSERT INTO {t} (id, name) VALUES (1, 'old')")
-        with _open(t, redis_srv.url) as running:  # another process, still running
+        with _open(t, roomy(redis_srv.url)) as running:  # another process, still running
             assert running.get("1")["name"] == "old"
             if change == "recreate":
                 t.sql("DROP TABLE {t}")
@@ -112,11 +113,11 @@ def test_reopened_store_flushes_a_changed_table(postgres_srv: PostgresServer,
                 t.sql("INSERT INTO {t} (id, name) VALUES (1, 'new')")
             else:
                 t.sql("ALTER TABLE {t} ADD COLUMN email text DEFAULT 'e@x'")
-            with _open(t, redis_srv.url) as deployed:  # the new deploy opens its store
+            with _open(t, roomy(redis_srv.url)) as deployed:  # the new deploy opens its store
                 assert deployed.source.claim_verdict is Verdict.CHANGED
-                want = ({"id": 1, "name": "new", "balance": None, "version": 1}
+                want = ({"id": 1, "name": "new", "balance": None, "version": t.version(1)}
                         if change == "recreate" else
-                        {"id": 1, "name": "old", "balance": None, "version": 1,
+                        {"id": 1, "name": "old", "balance": None, "version": t.version(1),
                          "email": "e@x"})
                 assert deployed.get("1") == want
                 assert running.get("1") == want  # the old entry is gone for everyone

@@ -18,7 +18,7 @@ import pytest
 import writethrough
 from conftest import unique_namespace
 from servers import PostgresServer, RedisServer
-from tables import pg_table
+from tables import pg_table, roomy
 from writethrough import ConfigError, ReadOnlyTableError, Table
 from writethrough.events import Keyspace, Listener
 from writethrough.integrations.pending import row_value
@@ -57,7 +57,9 @@ def test_pg_table_store_reads_rows_by_key(postgres_srv: PostgresServer) -> None:
         with writethrough.open(postgres_srv.url, "memory://", namespace=t.namespace,
                                table=Table(t.name, columns=("id", "name", "balance"))) as store:
             found = store.get_versioned("42")
-            assert found == writethrough.Versioned({"id": 42, "name": "Alice", "balance": 500.0}, 2)
+            v42 = t.version(42)
+            assert found == writethrough.Versioned({"id": 42, "name": "Alice", "balance": 500.0},
+                                                   v42)
             assert store.get("42") == found.value  # the fill landed: a hit
             assert store.stats.hits == 1 and store.stats.source_reads == 1
             assert store.get("7") is None
@@ -67,7 +69,7 @@ def test_pg_table_store_reads_rows_by_key(postgres_srv: PostgresServer) -> None:
                 store.put("42", {"name": "Bob"})
             with pytest.raises(ReadOnlyTableError):
                 store.delete("42")
-            assert t.version(42) == 2  # nothing written
+            assert t.version(42) == v42  # nothing written
         with writethrough.open(postgres_srv.url, "memory://", namespace=t.namespace,
                                table=Table(t.name, value_column="name")) as one:
             assert one.get("42") == "Alice"
@@ -87,7 +89,8 @@ def test_pg_table_store_async(postgres_srv: PostgresServer, loop_thread: Any) ->
                 return first, await s.get("1"), s.stats.source_reads
 
         first, second, reads = loop_thread.run(run())
-        assert first == second == {"id": 1, "name": "Ann", "balance": None, "version": 1}
+        assert first == second == {"id": 1, "name": "Ann", "balance": None,
+                                   "version": t.version(1)}
         assert reads == 1
 
 
@@ -132,7 +135,7 @@ def test_recreated_or_altered_table_bumps_the_epoch(postgres_srv: PostgresServer
         spec = Table(t.name)
         with writethrough.open(postgres_srv.url, "memory://", namespace=t.namespace,
                                table=spec) as before:
-            assert before.get_versioned("1").version == 2  # type: ignore[union-attr]
+            assert before.get_versioned("1").version == t.version(1)  # type: ignore[union-attr]
         if change == "recreate":
             t.sql("DROP TABLE {t}")
             t.sql("CREATE TABLE {t} (id bigint PRIMARY KEY, name text, balance numeric(12,2))")
@@ -196,13 +199,14 @@ def test_listener_and_store_share_entries(postgres_srv: PostgresServer,
     the store refills from the real row."""
     with pg_table(postgres_srv.url) as t:
         spaces = {t.namespace: Keyspace(t.namespace, t.name, "id", "write-through")}
-        with writethrough.open(postgres_srv.url, redis_srv.url, namespace=t.namespace,
+        with writethrough.open(postgres_srv.url, roomy(redis_srv.url), namespace=t.namespace,
                                table=Table(t.name)) as store, \
-                Listener(postgres_srv.url, redis_srv.url, spaces) as listener:
+                Listener(postgres_srv.url, roomy(redis_srv.url), spaces) as listener:
             # 1. a raw SQL write, applied by the listener; the store reads it as a hit
             t.sql("INSERT INTO {t} (id, name, balance) VALUES (5, 'raw', 1.5)")
             listener.drain_once()
-            assert store.get("5") == {"id": 5, "name": "raw", "balance": 1.5, "version": 1}
+            assert store.get("5") == {"id": 5, "name": "raw", "balance": 1.5,
+                                      "version": t.version(5)}
             assert store.stats.hits == 1 and store.stats.source_reads == 0
             # 2. the application's own write (after commit); the listener then sees an
             #    event of the same version and supersedes nothing newer
@@ -215,11 +219,11 @@ def test_listener_and_store_share_entries(postgres_srv: PostgresServer,
                 version = int(row[cols.index("version")])  # type: ignore[index]
                 result = store.apply_write("5", version, row_value(
                     store, dict(zip(cols, row or (), strict=True))))
-            assert result.cache is writethrough.CacheOutcome.UPDATED and version == 2
+            assert result.cache is writethrough.CacheOutcome.UPDATED and version == t.version(5)
             before = listener.stats.superseded
             listener.drain_once()
             assert listener.stats.superseded == before + 1
-            assert store.get("5") == {"id": 5, "name": "app", "balance": 1.5, "version": 2}
+            assert store.get("5") == {"id": 5, "name": "app", "balance": 1.5, "version": version}
             # 3. eviction: the key is gone; the store refills from the table
             store.cache.delete(f"wt:{t.namespace}:5")
             reads = store.stats.source_reads

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,9 +127,10 @@ def _flush_cache(cache: Any, prefix: str) -> int:
     inner = getattr(cache, "inner", cache)  # the async memory cache wraps a sync one
     client = getattr(inner, "client", None)
     if client is not None:  # Redis / Redis Cluster: SCAN the prefix, delete key by key
-        keys = list(client.scan_iter(match=_glob(prefix) + "*", count=1000))
+        keys = _retry(lambda: list(client.scan_iter(match=_glob(prefix) + "*", count=1000)))
         for key in keys:
-            cache.delete(key.decode() if isinstance(key, bytes) else key)
+            name = key.decode() if isinstance(key, bytes) else key
+            _retry(lambda name=name: cache.delete(name))
         return len(keys)
     data = getattr(inner, "_data", None)
     if data is None:
@@ -147,6 +149,22 @@ async def _aflush_cache(cache: Any, prefix: str) -> int:
     for key in keys:
         await cache.delete(key.decode() if isinstance(key, bytes) else key)
     return len(keys)
+
+
+def _retry(call: Any, attempts: int = 5) -> Any:
+    """An admin operation (not on a request's path): retry timeouts a few times."""
+    from .caches.redis_codec import mapped_errors
+    from .errors import CacheError
+
+    for attempt in range(attempts):
+        try:
+            with mapped_errors():
+                return call()
+        except CacheError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    return None  # pragma: no cover
 
 
 def _glob(text: str) -> str:

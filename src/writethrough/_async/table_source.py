@@ -28,6 +28,7 @@ from ..sources.postgres_sql import AsyncConnection, check_key_text, describe, ma
 from ..sources.registry import (
     PG_BUMP,
     PG_CREATE,
+    PG_CREATE_EPOCHS,
     PG_INSERT,
     PG_LOCK,
     PG_REHOME,
@@ -148,7 +149,7 @@ class AsyncPostgresTableSource:
     async def bump_epoch(self) -> int:
         """Make every cached entry of this namespace older than anything read from now on."""
         async with self._connection() as conn:
-            found = await (await conn.execute(PG_BUMP, (self.namespace,))).fetchone()
+            found = await (await conn.execute(PG_BUMP, (self.namespace, self.namespace))).fetchone()
         self.epoch = int(found[0]) if found else self.epoch
         return self.epoch
 
@@ -188,19 +189,21 @@ class AsyncPostgresTableSource:
         self.key_type = types[self.table.key]
         wanted = Claim(self.namespace, f"{schema}.{name}", self.table.key, oid,
                        self.table.signature(present))
-        with suppress(*_RACE):
-            await conn.execute(PG_CREATE)
+        for create in (PG_CREATE, PG_CREATE_EPOCHS):
+            with suppress(*_RACE):
+                await conn.execute(create)
         async with conn.transaction():
             await conn.execute(PG_INSERT, (wanted.namespace, wanted.table, wanted.key_column,
                                            wanted.oid, wanted.signature))
-            row = await (await conn.execute(PG_LOCK, (self.namespace,))).fetchone()
+            row = await (await conn.execute(PG_LOCK, (self.namespace, self.namespace))).fetchone()
             claimed = None if row is None else Claim(str(row[0]), str(row[1]), str(row[2]),
                                                      row[3], str(row[4]), int(row[5]))
             verdict = judge(claimed, wanted)
             epoch = 0 if claimed is None else claimed.epoch
             if verdict is Verdict.CHANGED:
+                await conn.execute(PG_REHOME, (wanted.oid, wanted.signature, self.namespace))
                 bumped = await (await conn.execute(
-                    PG_REHOME, (wanted.oid, wanted.signature, self.namespace))).fetchone()
+                    PG_BUMP, (self.namespace, self.namespace))).fetchone()
                 epoch = int(bumped[0]) if bumped else epoch + 1
         self.epoch = epoch
         self.claim = Claim(wanted.namespace, wanted.table, wanted.key_column, wanted.oid,

@@ -1,4 +1,5 @@
-"""Which table feeds which cache namespace: the registry (table ``writethrough_namespaces``).
+"""Which table feeds which cache namespace: the registry (table ``writethrough_namespaces``;
+epochs in ``writethrough_epochs``, shared with change capture and the protocol core).
 
 A namespace's cache entries are rows of one table. A store, a listener or an integration
 opened on a namespace *claims* it with its table's identity -- qualified name, key column,
@@ -32,39 +33,53 @@ EPOCH_FACTOR = 10**19  # row versions are PostgreSQL bigints < 2**63 < 10**19
 PG_CREATE = (
     "CREATE TABLE IF NOT EXISTS writethrough_namespaces (namespace text PRIMARY KEY, "
     "table_name text NOT NULL, key_column text NOT NULL, table_oid bigint, "
-    "signature text NOT NULL, epoch bigint NOT NULL DEFAULT 0, "
-    "changed_at timestamptz NOT NULL DEFAULT now())"
+    "signature text NOT NULL, changed_at timestamptz NOT NULL DEFAULT now())"
+)
+# The epochs table of the protocol core (issue 9) and change capture (issue 11): namespace
+# '' is the global epoch; a namespace's effective epoch is the greater of the two.
+PG_CREATE_EPOCHS = (
+    "CREATE TABLE IF NOT EXISTS writethrough_epochs (namespace text PRIMARY KEY, "
+    "epoch bigint NOT NULL)"
 )
 PG_INSERT = (
     "INSERT INTO writethrough_namespaces (namespace, table_name, key_column, table_oid, "
     "signature) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (namespace) DO NOTHING"
 )
 PG_LOCK = (
-    "SELECT namespace, table_name, key_column, table_oid, signature, epoch "
+    "SELECT namespace, table_name, key_column, table_oid, signature, "
+    "(SELECT coalesce(max(epoch), 0) FROM writethrough_epochs WHERE namespace IN ('', %s)) "
     "FROM writethrough_namespaces WHERE namespace = %s FOR UPDATE"
 )
 PG_REHOME = (
-    "UPDATE writethrough_namespaces SET table_oid = %s, signature = %s, epoch = epoch + 1, "
-    "changed_at = now() WHERE namespace = %s RETURNING epoch"
+    "UPDATE writethrough_namespaces SET table_oid = %s, signature = %s, changed_at = now() "
+    "WHERE namespace = %s"
 )
+# Strictly above the namespace's own and the global epoch (as change capture bumps it).
 PG_BUMP = (
-    "UPDATE writethrough_namespaces SET epoch = epoch + 1, changed_at = now() "
-    "WHERE namespace = %s RETURNING epoch"
+    "INSERT INTO writethrough_epochs AS e (namespace, epoch) VALUES (%s, 1 + coalesce("
+    "(SELECT max(epoch) FROM writethrough_epochs WHERE namespace IN ('', %s)), 0)) "
+    "ON CONFLICT (namespace) DO UPDATE SET epoch = greatest(e.epoch + 1, EXCLUDED.epoch) "
+    "RETURNING epoch"
 )
 PG_RELEASE = "DELETE FROM writethrough_namespaces WHERE namespace = %s"
-PG_EPOCH = "SELECT epoch FROM writethrough_namespaces WHERE namespace = %s"
+PG_EPOCH = ("SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
+            "WHERE namespace IN ('', %s)")
 
 SQLITE_CREATE = (
     "CREATE TABLE IF NOT EXISTS writethrough_namespaces (namespace TEXT PRIMARY KEY, "
     "table_name TEXT NOT NULL, key_column TEXT NOT NULL, table_oid INTEGER, "
-    "signature TEXT NOT NULL, epoch INTEGER NOT NULL DEFAULT 0, changed_at REAL)"
+    "signature TEXT NOT NULL, changed_at REAL)"
+)
+SQLITE_CREATE_EPOCHS = (
+    "CREATE TABLE IF NOT EXISTS writethrough_epochs (namespace TEXT PRIMARY KEY, "
+    "epoch INTEGER NOT NULL)"
 )
 
 
 def sqlite(statement: str) -> str:
     """The PostgreSQL statement for SQLite (placeholders; no row locks, no now())."""
     return (statement.replace("%s", "?").replace(" FOR UPDATE", "")
-            .replace("now()", "strftime('%s','now')"))
+            .replace("now()", "strftime('%s','now')").replace("greatest(", "max("))
 
 
 @dataclass(frozen=True, slots=True)

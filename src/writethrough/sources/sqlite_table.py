@@ -20,11 +20,13 @@ from ..errors import ConfigError, SourceError, SourceUnavailable
 from .base import Row
 from .registry import (
     PG_BUMP,
+    PG_EPOCH,
     PG_INSERT,
     PG_LOCK,
     PG_REHOME,
     PG_RELEASE,
     SQLITE_CREATE,
+    SQLITE_CREATE_EPOCHS,
     Claim,
     Verdict,
     cache_version,
@@ -77,8 +79,7 @@ class SQLiteTableSource:
     def read(self, key: str) -> Row:
         conn = self._conn()
         try:
-            epoch_row = conn.execute(sqlite("SELECT epoch FROM writethrough_namespaces "
-                                            "WHERE namespace = %s"), (self.namespace,)).fetchone()
+            epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
             found = conn.execute(self._sql_read, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
@@ -98,7 +99,7 @@ class SQLiteTableSource:
 
     def bump_epoch(self) -> int:
         conn = self._conn()
-        found = conn.execute(sqlite(PG_BUMP), (self.namespace,)).fetchone()
+        found = conn.execute(sqlite(PG_BUMP), (self.namespace, self.namespace)).fetchone()
         self.epoch = int(found[0]) if found else self.epoch
         return self.epoch
 
@@ -160,18 +161,20 @@ class SQLiteTableSource:
                               "key or have a unique index of its own")
         wanted = Claim(self.namespace, name, self.table.key, None, self.table.signature(present))
         conn.execute(SQLITE_CREATE)
+        conn.execute(SQLITE_CREATE_EPOCHS)
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.execute(sqlite(PG_INSERT), (wanted.namespace, wanted.table, wanted.key_column,
                                              None, wanted.signature))
-            row = conn.execute(sqlite(PG_LOCK), (self.namespace,)).fetchone()
+            row = conn.execute(sqlite(PG_LOCK), (self.namespace, self.namespace)).fetchone()
             claimed = None if row is None else Claim(str(row[0]), str(row[1]), str(row[2]),
                                                      row[3], str(row[4]), int(row[5]))
             verdict = judge(claimed, wanted)
             epoch = 0 if claimed is None else claimed.epoch
             if verdict is Verdict.CHANGED:
-                found = conn.execute(sqlite(PG_REHOME),
-                                     (None, wanted.signature, self.namespace)).fetchone()
+                conn.execute(sqlite(PG_REHOME), (None, wanted.signature, self.namespace))
+                found = conn.execute(sqlite(PG_BUMP),
+                                     (self.namespace, self.namespace)).fetchone()
                 epoch = int(found[0]) if found else epoch + 1
         except BaseException:
             conn.execute("ROLLBACK")

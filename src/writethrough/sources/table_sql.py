@@ -43,8 +43,8 @@ def read_sql(table: Table, schema: str, name: str, key_type: str,
     Parameters: namespace, key (text, cast to the key column's type so its index is used).
     """
     return sql.SQL(
-        "SELECT coalesce((SELECT epoch FROM writethrough_namespaces WHERE namespace = %s), 0), "
-        "t.{ver}, {payload} FROM (SELECT 1) AS one LEFT JOIN {rel} AS t "
+        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
+        "WHERE namespace IN ('', %s)), t.{ver}, {payload} FROM (SELECT 1) AS one LEFT JOIN {rel} AS t "
         "ON t.{key} = CAST(%s AS {ktype})"
     ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
              rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
@@ -58,8 +58,8 @@ def scan_sql(table: Table, schema: str, name: str, key_type: str,
     Parameters: namespace, the last key seen (or NULL), the batch size.
     """
     return sql.SQL(
-        "SELECT coalesce((SELECT epoch FROM writethrough_namespaces WHERE namespace = %s), 0), "
-        "t.{key}::text, t.{ver}, {payload} FROM {rel} AS t "
+        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
+        "WHERE namespace IN ('', %s)), t.{key}::text, t.{ver}, {payload} FROM {rel} AS t "
         "WHERE %s::text IS NULL OR t.{key} > CAST(%s AS {ktype}) ORDER BY t.{key} LIMIT %s"
     ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
              rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
