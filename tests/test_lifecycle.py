@@ -121,3 +121,23 @@ def test_reopened_store_flushes_a_changed_table(postgres_srv: PostgresServer,
                          "email": "e@x"})
                 assert deployed.get("1") == want
                 assert running.get("1") == want  # the old entry is gone for everyone
+
+
+def test_writethrough_table_command(postgres_srv: PostgresServer, redis_srv: RedisServer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from writethrough.cli import main as cli_main
+
+    with pg_table(postgres_srv.url) as t:
+        t.sql("INSERT INTO {t} (id, name) SELECT g, 'u' || g FROM generate_series(1, 30) g")
+        common = ["--source", t.url, "--cache", roomy(redis_srv.url), "--table", t.name,
+                  "--key-column", "id", "--namespace", t.namespace]
+        assert cli_main(["table", "backfill", *common, "--batch", "7"]) == 0
+        assert "30 row(s), 30 filled, 0 already cached" in capsys.readouterr().out
+        with _open(t, roomy(redis_srv.url)) as store:
+            assert store.get("30")["name"] == "u30" and store.stats.source_reads == 0
+        assert cli_main(["table", "flush", *common]) == 0
+        assert "flushed 30 key(s)" in capsys.readouterr().out
+        assert cli_main(["table", "check", *common]) == 0
+        assert f"-> public.{t.name} (key id), epoch 1" in capsys.readouterr().out
+        assert cli_main(["table", "check", *common[:-1], "other-ns", "--table", "nope"]) == 2
+        assert "no table 'nope'" in capsys.readouterr().err

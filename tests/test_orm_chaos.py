@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from servers import PostgresServer, RedisServer
+from writethrough.cli import main as cli_main
 from writethrough.tools import orm_chaos
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
@@ -24,9 +25,11 @@ def test_orm_raw_sql_and_reads_mix_without_stale_reads(postgres_srv: PostgresSer
     # two versions under the flapping proxy (docs/orm.md, "Chaos"); the store owns it.
 
 
-def test_cli_entry(postgres_srv: PostgresServer, redis_srv: RedisServer,
-                   capsys: pytest.CaptureFixture[str]) -> None:
-    assert orm_chaos.main(["--source", postgres_srv.url, "--cache", redis_srv.url,
-                           "--ops", "200", "--keys", "4"]) == 0
+def test_writethrough_chaos_orm_mix(postgres_srv: PostgresServer, redis_srv: RedisServer,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["chaos", "--scenario", "orm-mix", "--source", postgres_srv.url,
+                     "--cache", redis_srv.url, "--ops", "300"]) == 0
     out = capsys.readouterr().out
-    assert "0 stale after ack" in out and out.rstrip().endswith("PASS")
+    assert "PASS orm-mix: 0 stale reads after ack, 0 final divergence" in " ".join(out.split())
+    assert cli_main(["chaos", "--scenario", "orm-mix", "--ops", "10"]) == 2  # needs PG + Redis
+    assert "needs --source postgresql" in capsys.readouterr().err

@@ -5,6 +5,8 @@ table under it was truncated, re-created or altered.
     lifecycle.backfill(store)          # every row of the table into the cache, safely
     lifecycle.flush(store)             # remove every entry of the namespace, bump its epoch
 
+(``writethrough table backfill|flush|check`` on the command line.)
+
 Entries must not outlive the table or schema they were read from. When a table store
 opens and the registry (``sources/registry.py``) finds the namespace's table re-created
 (another OID) or altered (another column list), it bumps the namespace's epoch and the
@@ -170,46 +172,3 @@ def _retry(call: Any, attempts: int = 5) -> Any:
 def _glob(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m writethrough.lifecycle backfill|flush|check --source URL --cache URL
-    --table NAME [--key id] [--version version] [--columns a,b] --namespace NS``."""
-    import argparse
-
-    import writethrough
-
-    parser = argparse.ArgumentParser(prog="python -m writethrough.lifecycle",
-                                     description="backfill / flush / check a table namespace")
-    parser.add_argument("action", choices=("backfill", "flush", "check"))
-    parser.add_argument("--source", required=True)
-    parser.add_argument("--cache", required=True)
-    parser.add_argument("--table", required=True)
-    parser.add_argument("--key", default="id")
-    parser.add_argument("--version", default="version")
-    parser.add_argument("--columns", help="comma-separated; default: the whole row")
-    parser.add_argument("--namespace", required=True)
-    parser.add_argument("--batch", type=int, default=500)
-    args = parser.parse_args(argv)
-    spec = writethrough.Table(args.table, key=args.key, version=args.version,
-                              columns=tuple(args.columns.split(",")) if args.columns else None)
-    with writethrough.open(args.source, args.cache, table=spec, namespace=args.namespace,
-                           repair_worker=False) as opened:
-        store: Any = opened
-        verdict = store.source.claim_verdict
-        if args.action == "backfill":
-            report = backfill(store, batch=args.batch)
-            print(f"backfilled namespace {args.namespace!r} from {args.table}: {report.rows} "
-                  f"row(s), {report.filled} filled, {report.cached} already cached, "
-                  f"{report.skipped} skipped (busy or changed meanwhile)")
-        elif args.action == "flush":
-            print(f"flushed {flush(store)} key(s) of namespace {args.namespace!r}; "
-                  f"epoch now {store.source.epoch}")
-        else:
-            changed = " (table re-created or altered: epoch bumped, namespace flushed)"
-            print(f"namespace {args.namespace!r} -> {store.source.claim.table}, epoch "
-                  f"{store.source.epoch}{changed if verdict is Verdict.CHANGED else ''}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -26,6 +26,7 @@ from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
 from .repair import add_repair, run_repair
+from .table import add_table, run_table
 
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "chaos": (add_chaos, run_chaos),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "table": (add_table, run_table),
 }
 
 
