@@ -20,7 +20,7 @@ class FakeClock:
 
 
 def put(cache: MemoryCache, key: str, version: int, payload: bytes = b"x", ttl: float = 60) -> None:
-    cache.write(key, Kind.VALUE, version, payload, ttl=ttl, tombstone_ttl=5, on_empty="value")
+    cache.set(key, Entry.value(version, payload), ttl=ttl)
 
 
 def test_lru_evicts_the_least_recently_used_entry() -> None:
@@ -82,7 +82,7 @@ def test_concurrent_conditional_writes_keep_the_newest_version() -> None:
     def writer(mine: list[int]) -> None:
         for v in mine:
             outcome = cache.write(
-                "k", Kind.VALUE, v, b"%d" % v, ttl=60, tombstone_ttl=5, on_empty="tombstone"
+                "k", Kind.VALUE, v, b"%d" % v, ttl=60, tombstone_ttl=5
             )
             assert outcome in (WriteOutcome.STORED_VALUE, WriteOutcome.SUPERSEDED)
 
