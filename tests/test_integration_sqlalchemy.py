@@ -184,8 +184,8 @@ def test_async_session(table: PgTable, redis_srv: RedisServer, wt: Writethrough)
         return first, second, value, got
 
     first, second, value, got = asyncio.run(run())
-    assert first[0][1] is CacheOutcome.INVALIDATED  # a new key: a tombstone, the read fills
-    assert second[0][0] == table.version(3) > first[0][0]
+    assert first[0][1] is CacheOutcome.UPDATED  # a cold key: the writer's lease fills it
+    assert second == [(table.version(3), CacheOutcome.UPDATED)] and second[0][0] > first[0][0]
     assert value == {"id": 3, "name": "Bo", "balance": None, "version": table.version(3)}
     assert got.name == "Bo"
 

@@ -70,9 +70,9 @@ def test_flush_removes_only_its_namespace(postgres_srv: PostgresServer,
         with _open(t, roomy(redis_srv.url)) as store, _open(other, roomy(redis_srv.url)) as kept:
             for s in (store, kept):
                 s.get("1"), s.get("2")
-            epoch = store.source.epoch
+            epoch = store.source.last_epoch
             assert lifecycle.flush(store) == 2
-            assert store.source.epoch == epoch + 1
+            assert store.source.last_epoch > epoch
             reads = store.stats.source_reads
             assert store.get("1")["name"] == "a" and store.stats.source_reads == reads + 1
             reads = kept.stats.source_reads
@@ -93,9 +93,9 @@ def test_truncate_then_reinsert_serves_the_new_rows(postgres_srv: PostgresServer
             t.sql("DELETE FROM writethrough_version_floor WHERE tbl LIKE %s", (f"%{t.name}",))
             t.sql("INSERT INTO {t} (id, name) VALUES (1, 'after')")
             assert store.get("1")["name"] == "before3"  # what a TRUNCATE leaves behind
-            epoch = store.source.epoch
+            epoch = store.source.last_epoch
             lifecycle.truncated(store)
-            assert store.get("1")["name"] == "after" and store.source.epoch == epoch + 1
+            assert store.get("1")["name"] == "after" and store.source.last_epoch > epoch
 
 
 @pytest.mark.parametrize("change", ["recreate", "add-column"])
@@ -138,6 +138,6 @@ def test_writethrough_table_command(postgres_srv: PostgresServer, redis_srv: Red
         assert cli_main(["table", "flush", *common]) == 0
         assert "flushed 30 key(s)" in capsys.readouterr().out
         assert cli_main(["table", "check", *common]) == 0
-        assert f"-> public.{t.name} (key id), epoch 1" in capsys.readouterr().out
+        assert f"-> public.{t.name} (key id), epoch " in capsys.readouterr().out
         assert cli_main(["table", "check", *common[:-1], "other-ns", "--table", "nope"]) == 2
         assert "no table 'nope'" in capsys.readouterr().err

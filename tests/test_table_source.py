@@ -148,7 +148,7 @@ def test_recreated_or_altered_table_bumps_the_epoch(postgres_srv: PostgresServer
         with writethrough.open(postgres_srv.url, "memory://", namespace=t.namespace,
                                table=spec) as after:
             assert after.source.claim_verdict is Verdict.CHANGED
-            assert after.source.epoch == before.source.epoch + 1
+            assert after.source.last_epoch > before.source.last_epoch
             found = after.get_versioned("1")
             assert found is not None
             assert found.value["name"] == ("new" if change == "recreate" else "old2")
@@ -259,5 +259,5 @@ def test_sqlite_table_store(tmp_path: Path) -> None:
         db.execute("ALTER TABLE users ADD COLUMN email TEXT")
     with writethrough.open(f"sqlite:///{path}", "memory://", namespace=ns,
                            table=Table("users")) as again:
-        assert again.source.claim_verdict is Verdict.CHANGED and again.source.epoch == 1
+        assert again.source.claim_verdict is Verdict.CHANGED and again.source.last_epoch > 0
         assert again.get("1")["email"] is None

@@ -12,8 +12,9 @@ opens and the registry (``sources/registry.py``) finds the namespace's table re-
 (another OID) or altered (another column list), it bumps the namespace's epoch and the
 store flushes the namespace (:func:`after_open`); a TRUNCATE seen by change capture calls
 :func:`truncated`. Flushing removes entries through the backend (keys
-``wt:<namespace>:*``); the epoch orders everything read afterwards above anything an
-in-flight writer of the old table could still store.
+``wt:<namespace>:*``) at once for every process; the epoch (``epochs``) orders everything
+read afterwards above anything an in-flight writer of the old table could still store,
+and stores never serve an entry below the epoch they know.
 """
 
 from __future__ import annotations
@@ -95,20 +96,22 @@ def flush(store: Any, *, bump_epoch: bool = True) -> int:
     from now on carry versions above every entry written before.
     """
     if bump_epoch and hasattr(store.source, "bump_epoch"):
-        store.source.bump_epoch()
+        store.source.bump_epoch("flushed")
     return _flush_cache(store.cache, f"wt:{store.namespace}:")
 
 
 async def aflush(store: Any, *, bump_epoch: bool = True) -> int:
     """:func:`flush` for an AsyncStore."""
     if bump_epoch and hasattr(store.source, "bump_epoch"):
-        await store.source.bump_epoch()
+        await store.source.bump_epoch("flushed")
     return await _aflush_cache(store.cache, f"wt:{store.namespace}:")
 
 
 def truncated(store: Any) -> int:
     """The store's table was truncated: bump the epoch and flush (for change capture)."""
-    return flush(store, bump_epoch=True)
+    if hasattr(store.source, "bump_epoch"):
+        store.source.bump_epoch("truncated")
+    return _flush_cache(store.cache, f"wt:{store.namespace}:")
 
 
 def after_open(store: Any) -> Any:

@@ -23,13 +23,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from ..epochs import PG_BUMP, PG_COLUMNS, PG_IDENTITY, PG_OBSERVE, PG_UPGRADE
+from ..epochs import PG_CREATE as PG_CREATE_EPOCHS
 from ..errors import ConfigError, InvalidKeyError, SourceUnavailable
 from ..sources.base import Row
 from ..sources.postgres_sql import Connection, check_key_text, describe, map_error, validate
 from ..sources.registry import (
-    PG_BUMP,
+    CHANGED_REASON,
     PG_CREATE,
-    PG_CREATE_EPOCHS,
+    PG_EPOCH,
     PG_INSERT,
     PG_LOCK,
     PG_REHOME,
@@ -80,13 +82,14 @@ class PostgresTableSource:
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
-        self.epoch = 0  # the namespace's epoch as last read (every read refreshes it)
+        self.last_epoch = 0  # the namespace's epoch as last read (every read refreshes it)
         self.claim: Claim | None = None
         self.claim_verdict: Verdict | None = None  # what open() found in the registry
         self.columns: tuple[str, ...] = ()
         self.key_type = "text"
         self._sql_read: sql.Composed | None = None
         self._sql_scan: sql.Composed | None = None
+        self._epochs_ready = False  # new pool connections check the server's identity
         self._pool: ConnectionPool[Connection] | None = None
 
     def open(self) -> None:
@@ -123,11 +126,11 @@ class PostgresTableSource:
             found = cur.fetchone()
         if found is None:  # pragma: no cover - the query always returns one row
             return Row(0, None)
-        self.epoch = int(found[0])
+        self.last_epoch = int(found[0])
         if found[1] is None:
-            return Row(cache_version(self.epoch, 0), None)
+            return Row(cache_version(self.last_epoch, 0), None)
         payload = found[2].encode() if isinstance(found[2], str) else b"null"
-        return Row(cache_version(self.epoch, int(found[1])), payload)
+        return Row(cache_version(self.last_epoch, int(found[1])), payload)
 
     def scan(self, after: str | None, limit: int) -> list[tuple[str, Row]]:
         """Up to ``limit`` rows with keys after ``after`` (key order): for backfill."""
@@ -138,21 +141,30 @@ class PostgresTableSource:
             rows = cur.fetchall()
         out = []
         for epoch, key, version, payload in rows:
-            self.epoch = int(epoch)
+            self.last_epoch = int(epoch)
             data = payload.encode() if isinstance(payload, str) else b"null"
-            out.append((str(key), Row(cache_version(self.epoch, int(version)), data)))
+            out.append((str(key), Row(cache_version(self.last_epoch, int(version)), data)))
         return out
 
     def returning(self, relation: str | None = None) -> sql.Composed:
         """``RETURNING`` items for your own statements: ``key::text, version, payload``."""
         return returning_sql(self.table, self.columns, relation or self.table.parts[-1])
 
-    def bump_epoch(self) -> int:
-        """Make every cached entry of this namespace older than anything read from now on."""
+    def epoch(self) -> int:
+        """The namespace's database epoch (``epochs``; the store asks now and then)."""
         with self._connection() as conn:
-            found = (conn.execute(PG_BUMP, (self.namespace, self.namespace))).fetchone()
-        self.epoch = int(found[0]) if found else self.epoch
-        return self.epoch
+            found = (conn.execute(PG_EPOCH, (self.namespace,))).fetchone()
+        self.last_epoch = int(found[0]) if found else self.last_epoch
+        return self.last_epoch
+
+    def bump_epoch(self, reason: str = "flushed", *, everything: bool = False) -> int:
+        """Move the namespace's epoch (``everything``: the database's) past every version
+        handed out so far: every entry cached before is then never served again."""
+        params = {"ns": "" if everything else self.namespace, "reason": reason}
+        with self._connection() as conn:
+            found = (conn.execute(PG_BUMP, params)).fetchone()
+        self.last_epoch = int(found[0]) if found else self.last_epoch
+        return self.last_epoch
 
     def release(self) -> None:
         """Forget this namespace's claim (its table may then be re-homed)."""
@@ -193,6 +205,10 @@ class PostgresTableSource:
         for create in (PG_CREATE, PG_CREATE_EPOCHS):
             with suppress(*_RACE):
                 conn.execute(create)
+        if (conn.execute(PG_COLUMNS)).fetchone() != (4,):
+            conn.execute(PG_UPGRADE)  # an epochs table made by an earlier version
+        self._epochs_ready = True
+        self._observe(conn)
         with conn.transaction():
             conn.execute(PG_INSERT, (wanted.namespace, wanted.table, wanted.key_column,
                                            wanted.oid, wanted.signature))
@@ -204,9 +220,9 @@ class PostgresTableSource:
             if verdict is Verdict.CHANGED:
                 conn.execute(PG_REHOME, (wanted.oid, wanted.signature, self.namespace))
                 bumped = (conn.execute(
-                    PG_BUMP, (self.namespace, self.namespace))).fetchone()
+                    PG_BUMP, {"ns": self.namespace, "reason": CHANGED_REASON})).fetchone()
                 epoch = int(bumped[0]) if bumped else epoch + 1
-        self.epoch = epoch
+        self.last_epoch = epoch
         self.claim = Claim(wanted.namespace, wanted.table, wanted.key_column, wanted.oid,
                            wanted.signature, epoch)
         self.claim_verdict = verdict
@@ -233,3 +249,15 @@ class PostgresTableSource:
         timeout = f"{self.statement_timeout_ms}ms"
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
                            "set_config('TimeZone', 'UTC', false)", (timeout,))
+        if self._epochs_ready:
+            self._observe(conn)
+
+    def _observe(self, conn: Connection) -> None:
+        """As the key-value source does: a server that is not the one last seen (a restore,
+        a failover) bumps the database's epoch (``epochs``). Skipped on a standby."""
+        try:
+            found = (conn.execute(PG_IDENTITY)).fetchone()
+        except psycopg.errors.ObjectNotInPrerequisiteState:  # recovery is in progress
+            return
+        if found is not None:
+            conn.execute(PG_OBSERVE, {"sid": found[0], "tl": found[1]})

@@ -58,9 +58,9 @@ def run_table(args: argparse.Namespace) -> int:
         elif args.action == "flush":
             removed = lifecycle.flush(store)
             out.print(f"flushed {removed:,} key(s) of namespace {args.namespace!r}; epoch now "
-                      f"{store.source.epoch}")
+                      f"{store.source.last_epoch}")
         else:
             out.print(f"namespace {args.namespace!r} -> {store.source.claim.table} "
-                      f"(key {store.source.claim.key_column}), epoch {store.source.epoch}"
+                      f"(key {store.source.claim.key_column}), epoch {store.source.last_epoch}"
                       f"{note if changed else ''}")
     return 0

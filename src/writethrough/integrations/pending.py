@@ -9,7 +9,6 @@ from typing import Any
 
 from ..core import WriteResult
 from ..errors import ConfigError, InvalidVersionError
-from ..sources.registry import cache_version
 from ..sources.rowcodec import json_value
 from ..sources.table import key_text
 
@@ -31,12 +30,12 @@ class Change:
     deleted: bool = False
     tags: frozenset[Any] = frozenset()  # the savepoints it was made in (kept alive: no id reuse)
 
-    def cache_version(self) -> int:
-        """The version handed to the store: the row's (+1 for a delete), with its epoch."""
+    def row_version(self) -> int:
+        """The version handed to the store: the row's own (+1 for a delete). The store puts
+        it in the database epoch it knows (``apply_write``, ``epochs``)."""
         if isinstance(self.version, bool) or not isinstance(self.version, int):
             raise InvalidVersionError(f"a row version is an int, got {self.version!r}")
-        own = self.version + 1 if self.deleted else self.version
-        return cache_version(getattr(self.store.source, "epoch", 0), own)
+        return self.version + 1 if self.deleted else self.version
 
 
 @dataclass(slots=True)
@@ -61,7 +60,7 @@ class Pending:
         for change in self.changes:
             slot = (id(change.store), change.key)
             old = newest.get(slot)
-            if old is None or change.cache_version() >= old.cache_version():
+            if old is None or change.row_version() >= old.row_version():
                 newest[slot] = change
         self.changes = []
         return list(newest.values())
@@ -72,7 +71,7 @@ def apply_sync(changes: Iterable[Change]) -> list[WriteResult]:
     the store's failure ladder turns it into an outcome (``PENDING_REPAIR``)."""
     results = []
     for change in changes:
-        version = change.cache_version()
+        version = change.row_version()
         if change.deleted:
             results.append(change.store.apply_delete(change.key, version))
         else:
@@ -84,7 +83,7 @@ async def apply_async(changes: Iterable[Change]) -> list[WriteResult]:
     """The same for asyncio stores."""
     results = []
     for change in changes:
-        version = change.cache_version()
+        version = change.row_version()
         if change.deleted:
             results.append(await change.store.apply_delete(change.key, version))
         else:

@@ -11,9 +11,9 @@ OID (PostgreSQL) and column signature -- in the same database:
   two tables' rows under one namespace;
 * the same name but **a re-created table** (another OID) or **another column list**
   (``ALTER TABLE ... ADD COLUMN``): the claim is updated and the namespace's **epoch** is
-  bumped (see :func:`cache_version`), and the store that noticed flushes the namespace
-  (``lifecycle.after_open``). Change capture does the same on TRUNCATE
-  (``lifecycle.truncated``).
+  bumped (the core's ``writethrough_epochs``, ``epochs.PG_BUMP``), so every entry read
+  before is below the epoch's floor and never served again; the store that noticed also
+  flushes the namespace (``lifecycle.after_open``). Change capture bumps it on TRUNCATE.
 
 The SQL is for PostgreSQL (``%s``) and SQLite (``?``, no OIDs: a re-created SQLite table
 with the same columns is not detected -- flush the namespace, ``writethrough table
@@ -25,21 +25,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..epochs import EPOCH_SPAN, compose
 from ..errors import ConfigError
 
 REGISTRY_TABLE = "writethrough_namespaces"
-EPOCH_FACTOR = 10**19  # row versions are PostgreSQL bigints < 2**63 < 10**19
+EPOCH_FACTOR = EPOCH_SPAN  # row versions are PostgreSQL bigints < 2**63 < 10**19
 
 PG_CREATE = (
     "CREATE TABLE IF NOT EXISTS writethrough_namespaces (namespace text PRIMARY KEY, "
     "table_name text NOT NULL, key_column text NOT NULL, table_oid bigint, "
     "signature text NOT NULL, changed_at timestamptz NOT NULL DEFAULT now())"
-)
-# The epochs table of the protocol core (issue 9) and change capture (issue 11): namespace
-# '' is the global epoch; a namespace's effective epoch is the greater of the two.
-PG_CREATE_EPOCHS = (
-    "CREATE TABLE IF NOT EXISTS writethrough_epochs (namespace text PRIMARY KEY, "
-    "epoch bigint NOT NULL)"
 )
 PG_INSERT = (
     "INSERT INTO writethrough_namespaces (namespace, table_name, key_column, table_oid, "
@@ -54,26 +49,17 @@ PG_REHOME = (
     "UPDATE writethrough_namespaces SET table_oid = %s, signature = %s, changed_at = now() "
     "WHERE namespace = %s"
 )
-# Strictly above the namespace's own and the global epoch (as change capture bumps it).
-PG_BUMP = (
-    "INSERT INTO writethrough_epochs AS e (namespace, epoch) VALUES (%s, 1 + coalesce("
-    "(SELECT max(epoch) FROM writethrough_epochs WHERE namespace IN ('', %s)), 0)) "
-    "ON CONFLICT (namespace) DO UPDATE SET epoch = greatest(e.epoch + 1, EXCLUDED.epoch) "
-    "RETURNING epoch"
-)
 PG_RELEASE = "DELETE FROM writethrough_namespaces WHERE namespace = %s"
 PG_EPOCH = ("SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
             "WHERE namespace IN ('', %s)")
+CHANGED_REASON = "table re-created or altered"
 
 SQLITE_CREATE = (
     "CREATE TABLE IF NOT EXISTS writethrough_namespaces (namespace TEXT PRIMARY KEY, "
     "table_name TEXT NOT NULL, key_column TEXT NOT NULL, table_oid INTEGER, "
     "signature TEXT NOT NULL, changed_at REAL)"
 )
-SQLITE_CREATE_EPOCHS = (
-    "CREATE TABLE IF NOT EXISTS writethrough_epochs (namespace TEXT PRIMARY KEY, "
-    "epoch INTEGER NOT NULL)"
-)
+
 
 
 def sqlite(statement: str) -> str:
@@ -119,25 +105,13 @@ def judge(found: Claim | None, wanted: Claim) -> Verdict:
 
 
 def cache_version(epoch: int, row_version: int) -> int:
-    """The version a cache entry carries for ``row_version`` read under ``epoch``.
-
-    THE one place where a row's own version becomes a cache version: the table source,
-    the after-commit integrations (and change capture) all go through it. Once the
-    protocol core can carry epochs (``writethrough.epochs.compose``, issue 9: exact big-int
-    versions on Redis, ``apply_write`` accepting them) it composes ``epoch * 10**19 +
-    row_version``, so a bumped epoch orders every newer entry after every older one. Until
-    then it returns the row's version as it is, and a changed table is made safe by
-    flushing its namespace (``lifecycle.after_open`` / ``truncated``) -- an older writer
-    still in flight then lands a tombstone on the empty key, never a value.
-    """
+    """The version a cache entry carries for ``row_version`` read under ``epoch``: the
+    core's ``epochs.compose`` (``epoch * 10**19 + row_version``). What a table source
+    returns from ``read``; the after-commit path hands the store the row's own version
+    and the store adds the epoch it knows (``apply_write``)."""
     if epoch < 0 or not 0 <= row_version < EPOCH_FACTOR:
         raise ConfigError(f"version {row_version} / epoch {epoch} out of range")
-    try:  # the protocol core's epochs, once they land (issue 9)
-        from ..epochs import compose  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return row_version
-    composed: int = compose(epoch, row_version)
-    return composed
+    return compose(epoch, row_version)
 
 
 def row_version(version: int) -> int:

@@ -19,14 +19,13 @@ from typing import Any
 from ..errors import ConfigError, SourceError, SourceUnavailable
 from .base import Row
 from .registry import (
-    PG_BUMP,
+    CHANGED_REASON,
     PG_EPOCH,
     PG_INSERT,
     PG_LOCK,
     PG_REHOME,
     PG_RELEASE,
     SQLITE_CREATE,
-    SQLITE_CREATE_EPOCHS,
     Claim,
     Verdict,
     cache_version,
@@ -34,7 +33,7 @@ from .registry import (
     sqlite,
 )
 from .rowcodec import encode_row, encode_value
-from .sqlite import _map_error
+from .sqlite import SQLITE_CREATE_EPOCHS, _map_error, bump_sqlite_epoch
 from .table import Table, refuse_write
 
 
@@ -56,7 +55,7 @@ class SQLiteTableSource:
             raise ConfigError(f"SQLite table {table.name!r} takes no schema")
         self.path, self.table, self.namespace = path, table, namespace
         self.busy_timeout = busy_timeout
-        self.epoch = 0
+        self.last_epoch = 0
         self.columns: tuple[str, ...] = ()
         self.claim: Claim | None = None
         self.claim_verdict: Verdict | None = None
@@ -83,10 +82,10 @@ class SQLiteTableSource:
             found = conn.execute(self._sql_read, (key,)).fetchone()
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
-        self.epoch = int(epoch_row[0]) if epoch_row else 0
+        self.last_epoch = int(epoch_row[0]) if epoch_row else 0
         if found is None:
-            return Row(cache_version(self.epoch, 0), None)
-        return Row(cache_version(self.epoch, int(found[0])), self._payload(found[1:]))
+            return Row(cache_version(self.last_epoch, 0), None)
+        return Row(cache_version(self.last_epoch, int(found[0])), self._payload(found[1:]))
 
     def scan(self, after: str | None, limit: int) -> list[tuple[str, Row]]:
         conn = self._conn()
@@ -94,14 +93,25 @@ class SQLiteTableSource:
             rows = conn.execute(self._sql_scan, (after, after, limit)).fetchall()
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
-        return [(str(r[0]), Row(cache_version(self.epoch, int(r[1])), self._payload(r[2:])))
+        epoch = self.epoch()
+        return [(str(r[0]), Row(cache_version(epoch, int(r[1])), self._payload(r[2:])))
                 for r in rows]
 
-    def bump_epoch(self) -> int:
-        conn = self._conn()
-        found = conn.execute(sqlite(PG_BUMP), (self.namespace, self.namespace)).fetchone()
-        self.epoch = int(found[0]) if found else self.epoch
-        return self.epoch
+    def epoch(self) -> int:
+        """The namespace's database epoch (``epochs``)."""
+        try:
+            found = self._conn().execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _map_error(exc, self.path) from exc
+        self.last_epoch = int(found[0]) if found else 0
+        return self.last_epoch
+
+    def bump_epoch(self, reason: str = "flushed", *, everything: bool = False) -> int:
+        """Move the namespace's epoch (``everything``: the database's) past every version
+        handed out so far."""
+        self.last_epoch = bump_sqlite_epoch(self._conn(), "" if everything else self.namespace,
+                                            reason)
+        return self.last_epoch
 
     def release(self) -> None:
         self._conn().execute(sqlite(PG_RELEASE), (self.namespace,))
@@ -173,14 +183,12 @@ class SQLiteTableSource:
             epoch = 0 if claimed is None else claimed.epoch
             if verdict is Verdict.CHANGED:
                 conn.execute(sqlite(PG_REHOME), (None, wanted.signature, self.namespace))
-                found = conn.execute(sqlite(PG_BUMP),
-                                     (self.namespace, self.namespace)).fetchone()
-                epoch = int(found[0]) if found else epoch + 1
+                epoch = bump_sqlite_epoch(conn, self.namespace, CHANGED_REASON)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
-        self.epoch, self.claim_verdict = epoch, verdict
+        self.last_epoch, self.claim_verdict = epoch, verdict
         self.claim = Claim(wanted.namespace, name, wanted.key_column, None, wanted.signature,
                            epoch)
         cols = ", ".join(f'"{c}"' for c in self.columns)
@@ -210,8 +218,11 @@ class AsyncSQLiteTableSource:
         self.inner = inner
 
     @property
-    def epoch(self) -> int:
-        return self.inner.epoch
+    def last_epoch(self) -> int:
+        return self.inner.last_epoch
+
+    async def epoch(self) -> int:
+        return await asyncio.to_thread(self.inner.epoch)
 
     @property
     def table(self) -> Table:
@@ -234,8 +245,8 @@ class AsyncSQLiteTableSource:
     async def scan(self, after: str | None, limit: int) -> list[tuple[str, Row]]:
         return await asyncio.to_thread(self.inner.scan, after, limit)
 
-    async def bump_epoch(self) -> int:
-        return await asyncio.to_thread(self.inner.bump_epoch)
+    async def bump_epoch(self, reason: str = "flushed", *, everything: bool = False) -> int:
+        return await asyncio.to_thread(self.inner.bump_epoch, reason, everything=everything)
 
     async def release(self) -> None:
         await asyncio.to_thread(self.inner.release)
