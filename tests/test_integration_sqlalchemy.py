@@ -152,8 +152,7 @@ def test_failed_cache_pending_repair(table: PgTable, redis_srv: RedisServer,
             assert not store.repairs.pending
             with writethrough.open(table.url, roomy(redis_srv.url), namespace=table.namespace,
                                    table=Writethrough.table_of(User)) as other:
-                assert other.get("7")["name"] == "B"
-                assert other.stats.hits == 1
+                assert other.get("7")["name"] == "B"  # a hit, or a miss if the repair left a tombstone
     engine.dispose()
 
 
