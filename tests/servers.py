@@ -405,7 +405,8 @@ class OwnRedis:
 def own_redis(*extra: str) -> Iterator[OwnRedis]:
     """A throwaway redis-server with the stock snapshot schedule (``save 3600 1 300 100
     60 10000``) and ``extra`` options; never an external server (it gets crashed)."""
-    process = _launch(["--save", "3600 1 300 100 60 10000", *extra], set())
+    process = _launch(["--save", "3600 1 300 100 60 10000", "--repl-diskless-sync-delay", "0", *extra],
+                      set())
     try:
         yield OwnRedis(process)
     finally:

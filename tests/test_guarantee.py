@@ -133,6 +133,50 @@ def test_a_failover_to_a_replica_that_missed_a_write_never_serves_the_older_valu
         primary_cm.__exit__(None, None, None)
 
 
+def test_failing_back_to_the_first_primary_never_revives_its_old_entries(tmp_path: Path) -> None:
+    """A promoted server keeps its run_id: a primary that comes back (fail-back) must not
+    make the entries of its first reign current again -- the tag includes the replication
+    id, which every promotion renews."""
+    from writethrough.tools.redisproc import RedisProcess
+
+    try:
+        a = RedisProcess(save=False)
+    except writethrough.ConfigError as exc:
+        unavailable(f"Redis: {exc}")
+    link = FaultProxy("127.0.0.1", a.port).start()
+    front = FaultProxy("127.0.0.1", a.port).start()
+    b = RedisProcess(save=False, replica_of=link.port)
+
+    def synced(replica: RedisProcess, primary: RedisProcess) -> None:
+        deadline = time.monotonic() + 20
+        while not replica.synced_with(primary) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    url = f"redis://127.0.0.1:{front.port}/0?{ROOMY}"
+    try:
+        with writethrough.open(source=f"sqlite:///{tmp_path}/wt.db", cache=url, namespace="fb") as store:
+            store.put("j", "j1")  # A's first reign: cached on A, replicated to B
+            synced(b, a)
+            link.blackhole()
+            assert store.put("j", "j2").cache is CacheOutcome.UPDATED  # on A only
+            b.promote()  # fail over to B, which holds j1 of A's first reign (not current)
+            front.switch(b.port)
+            assert set(read_until_stable(store, "other")) == {None}  # j is left alone
+            link.switch(b.port)
+            link.pass_through()
+            a.follow(link.port)  # A follows B and takes its data, j1 of A's first reign too
+            synced(a, b)
+            link.blackhole()
+            a.promote()  # fail back to A: the same process, so the same run_id
+            front.switch(a.port)
+            assert set(read_until_stable(store, "j")) == {"j2"}
+    finally:
+        front.stop()
+        link.stop()
+        b.destroy()
+        a.destroy()
+
+
 # -- 3. A database restored from a backup -------------------------------------------------
 
 
@@ -174,7 +218,8 @@ def test_a_postgres_restore_to_a_new_timeline_is_detected_without_a_command(
         with writethrough.open(source=cluster.url, cache=cache, namespace=ns) as store:
             store.put("k", "v1")
             store.put("k", "v2")
-            cluster.backup()  # a base backup at v2
+        cluster.backup()  # a base backup at v2
+        with writethrough.open(source=cluster.url, cache=cache, namespace=ns) as store:
             store.put("k", "v3")
             assert store.put("k", "v4").cache is CacheOutcome.UPDATED
         cluster.restore()  # point-in-time recovery to the backup: a new timeline

@@ -10,11 +10,12 @@ after a restart or failover). The client is made with retries switched off
 
 Lifetimes: a server restarted from a snapshot, or a replica promoted after missing
 the newest writes, holds entries older than writes already acknowledged. Every
-connection, before its first command, reads the server's ``run_id`` and sets the
-marker(s) of the server to it (:class:`LifetimeCheck`); entries carry the marker
-they were written under, so those of an earlier lifetime are never served again.
-The check runs on the connection itself: a restart closes every connection, so no
-command can reach a new lifetime before the marker has moved.
+connection, before its first command, sets the marker(s) of the server to the tag of
+its current reign -- a hash of its ``run_id`` (new on every restart) and its replication
+id (new on every promotion) -- (:class:`LifetimeCheck`); entries carry the marker they
+were written under, so those of an earlier reign are never served again. The check runs
+on the connection itself: a restart or failover closes every connection, so no command
+can reach a new reign before the marker has moved.
 
 The asyncio version (``_async/redis_cache.py``) is written by hand; the sync one
 (``_sync/redis_cache.py``) is generated from it by ``scripts/unasync.py``.
@@ -49,7 +50,7 @@ FIX_TIMEOUT = 5.0  # seconds for the reply while a restarted cluster node's mark
 
 def check_lifetime(conn: Any, cluster: bool) -> None:
     """On a new connection, before its first command: move the lifetime marker(s) of
-    the server it reached to the server's run_id (see the module's docstring).
+    the server it reached to the tag of its current reign (see the module's docstring).
     One round trip on a standalone server, two on a cluster node."""
     wait = max(conn.socket_timeout or 0.0, CHECK_TIMEOUT)
     if not cluster:

@@ -3,9 +3,9 @@
 -- An entry is one string:
 --   <kind><fresh><tag><version>:<rest>   kind V|T|L, fresh 1|0, tag = 16 bytes,
 --                                        rest = payload (V) or token (L)
--- The marker holds the tag of the cache's current lifetime: set from the server's run_id
--- by every new connection (a restarted or promoted server has a new one), or made here
--- if it is missing. An entry whose tag is not the marker's was written in an earlier
+-- The marker holds the tag of the cache's current reign: set by every new connection
+-- from the server's run_id and replication id (a restarted or promoted server has a new
+-- pair), or made here if it is missing. An entry whose tag is not the marker's was written in an earlier
 -- lifetime (restored from a snapshot, replicated to a promoted replica): it is absent.
 -- So is garbage (another type, a malformed string) and an entry below ARGV[2], the
 -- caller's epoch floor. Versions are decimal strings without leading zeros, compared

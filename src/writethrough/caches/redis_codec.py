@@ -23,16 +23,20 @@ from ..urls import ParsedURL
 
 SCRIPT = files(__package__).joinpath("protocol.lua").read_text(encoding="utf-8")
 # Run by every new connection before its first command (one round trip): the marker
-# takes the tag of the server's lifetime, its run_id, so entries of an earlier lifetime
-# stop counting.
-FIX_SCRIPT = """
-local tag = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'), 1, 16)
+# takes the tag of the server's current reign -- its run_id (new on every restart) and
+# its replication id (new on every promotion, also of a server that was primary before
+# and comes back) -- so entries of any earlier reign stop counting.
+_TAG = (
+    "local info = redis.call('INFO', 'server', 'replication')\n"
+    "local tag = string.sub(redis.sha1hex(string.match(info, 'run_id:(%x+)') .. ':' ..\n"
+    "  string.match(info, 'master_replid:(%x+)')), 1, 16)\n"
+)
+FIX_SCRIPT = _TAG + """
 if redis.pcall('GET', KEYS[1]) ~= tag then redis.call('SET', KEYS[1], tag) return 1 end
 return 0
 """
-# A cluster node: its lifetime tag and the slot ranges it serves.
-NODE_SCRIPT = """
-local tag = string.sub(string.match(redis.call('INFO', 'server'), 'run_id:(%x+)'), 1, 16)
+# A cluster node: its reign's tag and the slot ranges it serves.
+NODE_SCRIPT = _TAG + """
 local me = redis.call('CLUSTER', 'MYID')
 local out = {tag}
 for _, r in ipairs(redis.call('CLUSTER', 'SLOTS')) do
