@@ -180,15 +180,18 @@ def run(source_url: str, cache_url: str, *, ops: int = 2000, keys: int = 8,
         listening.join(10)
         if proxy is not None:
             proxy.pass_through()
-        # Quiescence: the listener drains what is left, the store applies its repairs.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            applied = listener.drain_once()
-            store.repair_once()
-            if not applied and not store.repairs.pending:
-                break
+        # Quiescence: a fresh listener (the running one was stopped) drains what is left,
+        # the store applies its repairs.
         result.listener_applied = listener.stats.applied
         listener.close()
+        with Listener(source_url, cache_url, spaces) as last:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                applied = last.drain_once()
+                store.repair_once()
+                if not applied and not store.repairs.pending:
+                    break
+            result.listener_applied += last.stats.applied
         final_db: dict[str, int] = {}
         with psycopg.connect(source_url, autocommit=True) as conn:
             for k, v in conn.execute(f'SELECT id::text, version FROM "{table}"'):
