@@ -25,6 +25,7 @@ from .errors import (
     InvalidKeyError,
     InvalidValueError,
     InvalidVersionError,
+    ReadOnlyTableError,
     SourceConflict,
     SourceDataError,
     SourceError,
@@ -36,6 +37,8 @@ from .protocol import OnEmpty
 from .repair import RetryPolicy
 from .serializers import BytesSerializer, JSONSerializer, Serializer, checked_serializer
 from .sources import open_async_source, open_source
+from .sources.table import Table
+from .sources.tables import open_async_table_source, open_table_source
 from .store import (
     AsyncStore,
     CacheOutcome,
@@ -79,6 +82,7 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> Store:
     """Open a store over a source of truth and a cache.
 
@@ -102,6 +106,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
       so a writer that dies after its commit is repaired by any repair worker,
       e.g. ``writethrough repair``; costs one more row insert per write, and a
       batched delete off the write path).
+    - ``table``: a :class:`Table` of *your* database (``Table("users", key="id")``): the
+      store reads its rows by key, with their own version column, and caches each row as
+      a dict; it never writes them (``put``/``delete`` raise ReadOnlyTableError): commit
+      your own writes, then ``store.apply_write(key, version, value)`` -- or use an
+      integration (``writethrough.integrations``, ``writethrough.django``).
 
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
@@ -109,8 +118,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     serializer = checked_serializer(serializer)
     opened_cache = open_cache(cache, **_options("cache_options", cache_options))
     try:
-        opened_source = open_source(
-            source, namespace=namespace, **_options("source_options", source_options))
+        options = _options("source_options", source_options)
+        if table is not None:
+            opened_source = open_table_source(source, table, namespace=namespace, **options)
+        else:
+            opened_source = open_source(source, namespace=namespace, **options)
     except BaseException:
         opened_cache.close()
         raise
@@ -123,7 +135,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
         clock=clock,
         repair_worker=repair_worker,
     )
-    return store.open()
+    if table is None:
+        return store.open()
+    from .lifecycle import after_open
+
+    return after_open(store.open())  # type: ignore[no-any-return]
 
 
 def open_async(
@@ -154,6 +170,7 @@ def open_async(
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> AsyncOpener:
     """The asyncio store, with the same settings as :func:`open`.
 
@@ -164,8 +181,11 @@ def open_async(
     settings = _settings(locals())
     serializer = checked_serializer(serializer)
     opened_cache = open_async_cache(cache, **_options("cache_options", cache_options))
-    opened_source = open_async_source(
-        source, namespace=namespace, **_options("source_options", source_options))
+    options = _options("source_options", source_options)
+    if table is not None:
+        opened_source = open_async_table_source(source, table, namespace=namespace, **options)
+    else:
+        opened_source = open_async_source(source, namespace=namespace, **options)
     return AsyncOpener(
         AsyncStore(
             opened_source,
@@ -186,10 +206,16 @@ class AsyncOpener:
         self.store = store
 
     def __await__(self) -> Generator[Any, None, AsyncStore]:
-        return self.store.open().__await__()
+        return self._open().__await__()
 
     async def __aenter__(self) -> AsyncStore:
-        return await self.store.open()
+        return await self._open()
+
+    async def _open(self) -> AsyncStore:
+        from .lifecycle import aafter_open
+
+        opened: AsyncStore = await aafter_open(await self.store.open())
+        return opened
 
     async def __aexit__(self, *exc: object) -> None:
         await self.store.close()
@@ -254,6 +280,7 @@ __all__ = [
     "InvalidValueError",
     "InvalidVersionError",
     "JSONSerializer",
+    "ReadOnlyTableError",
     "RetryPolicy",
     "Serializer",
     "Settings",
@@ -264,6 +291,7 @@ __all__ = [
     "SourceUnavailable",
     "Stats",
     "Store",
+    "Table",
     "Versioned",
     "WriteResult",
     "WritethroughError",

@@ -6,6 +6,7 @@ driver classes.
 
     WritethroughError
     ├── ConfigError            bad URL, unknown scheme or strategy, ttl <= 0 ...
+    │   └── ReadOnlyTableError put()/delete() on a store over your own table
     ├── InvalidKeyError        wrong type, empty, too long          (also TypeError/ValueError)
     ├── InvalidValueError      not serializable, too large           (also TypeError/ValueError)
     ├── InvalidVersionError    a version that is not a database row version (ValueError)
@@ -82,3 +83,10 @@ class CacheServerError(CacheError):
 
 class CacheDataError(CacheError):
     """A cached entry could not be decoded."""
+
+
+class ReadOnlyTableError(ConfigError):
+    """``put``/``delete`` on a store over the application's own table: nothing was written.
+
+    Write the row in your own transaction, then ``store.apply_write(key, version, value)``.
+    """

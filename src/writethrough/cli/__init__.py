@@ -39,6 +39,7 @@ from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error, remember_secrets
 from .repair import add_repair, run_repair
+from .table import add_table, run_table
 from .top import add_top, run_top
 
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
@@ -49,6 +50,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "uninstall": (add_uninstall, run_uninstall),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "table": (add_table, run_table),
     "check": (add_check, run_check),
     "advise": (add_advise, run_advise),
     "top": (add_top, run_top),
