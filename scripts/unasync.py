@@ -22,6 +22,7 @@ FILES = [
     ("_async/redis_cache.py", "_sync/redis_cache.py"),
     ("_async/postgres_source.py", "_sync/postgres_source.py"),
     ("_async/table_source.py", "_sync/table_source.py"),
+    ("_async/namespaces.py", "_sync/namespaces.py"),
     ("observe/instrument_async.py", "observe/instrument_sync.py"),
 ]
 # Whole-word replacements, applied in order.

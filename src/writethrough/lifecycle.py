@@ -10,8 +10,9 @@ table under it was truncated, re-created or altered.
 Entries must not outlive the table or schema they were read from. When a table store
 opens and the registry (``sources/registry.py``) finds the namespace's table re-created
 (another OID) or altered (another column list), it bumps the namespace's epoch and the
-store flushes the namespace (:func:`after_open`); a TRUNCATE seen by change capture calls
-:func:`truncated`. Flushing removes entries through the backend (keys
+store flushes the namespace (:func:`after_open`); change capture, after a TRUNCATE (or a
+re-created table, or a new replication slot) bumped the epoch, flushes it
+(:func:`flush_entries`, through ``capture/apply.py``). Flushing removes entries through the backend (keys
 ``wt:<namespace>:*``) at once for every process; the epoch (``epochs``) orders everything
 read afterwards above anything an in-flight writer of the old table could still store,
 and stores never serve an entry below the epoch they know.
@@ -28,7 +29,8 @@ from typing import Any
 from .protocol import Entry, LeaseOutcome
 from .sources.registry import Verdict
 
-__all__ = ["BackfillReport", "aflush", "after_open", "backfill", "flush", "truncated"]
+__all__ = ["BackfillReport", "aflush", "after_open", "backfill", "flush", "flush_entries",
+           "truncated"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,15 @@ def truncated(store: Any) -> int:
     if hasattr(store.source, "bump_epoch"):
         store.source.bump_epoch("truncated")
     return _flush_cache(store.cache, f"wt:{store.namespace}:")
+
+
+def flush_entries(cache: Any, namespace: str) -> int:
+    """Remove every entry of ``namespace`` from a sync cache (Redis, Redis Cluster,
+    memory), leaving the epoch alone; returns how many keys. What change capture does
+    after it bumped a namespace's epoch (a TRUNCATE, a re-created table, a new slot):
+    stores that have not read the new epoch yet then miss instead of serving the old
+    table's rows."""
+    return _flush_cache(cache, f"wt:{namespace}:")
 
 
 def after_open(store: Any) -> Any:

@@ -47,7 +47,10 @@ from ..sources.postgres_sql import (
     map_error,
     validate,
 )
+from ..sources.registry import Claim, Verdict, signature
+from ..sources.table_sql import COLUMNS, RELATION
 from .compat import spawn
+from .namespaces import claim_namespace, create_registry
 
 _RACE = (pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject)
 
@@ -63,7 +66,8 @@ class PostgresSource:
 
     ``open()`` connects once (a bad DSN or a server that is down raises
     SourceUnavailable within ``connect_timeout`` seconds), creates the table or
-    adopts it, and fills the pool. Each call borrows a pooled connection for one
+    adopts it, claims the namespace for it in the registry (a namespace of another
+    table is refused: ``sources/registry.py``), and fills the pool. Each call borrows a pooled connection for one
     statement.
     """
 
@@ -104,10 +108,11 @@ class PostgresSource:
         self._outbox_ready = False
         self._epochs_ready = False  # the epochs table exists: new connections check the server
         self._checking = False  # one background pool check at a time
+        self.claim_verdict: Verdict | None = None  # what open() found in the registry
         self._pool: ConnectionPool[Connection] | None = None
 
     def open(self) -> None:
-        """Connect, create or adopt the table, fill the pool."""
+        """Connect, create or adopt the table, claim the namespace, fill the pool."""
         if self._pool is not None:
             return
         with self._boundary():
@@ -328,3 +333,18 @@ class PostgresSource:
                 f"table {self.table!r} on {self.where} has the wrong shape: "
                 f"{'; '.join(problems)}; use another table (?table=...)"
             )
+        self._claim(conn, name["t"])
+
+    def _claim(self, conn: Connection, table: str) -> None:
+        """Claim the namespace for this table, key column ``key`` (``sources/registry.py``):
+        a namespace of another table (an application table's, change capture's) is refused
+        with a ConfigError; a re-created table bumps the namespace's epoch, and
+        ``writethrough.open`` then flushes it (``claim_verdict``)."""
+        found = (conn.execute(RELATION, (table,))).fetchone()
+        if found is None:  # pragma: no cover - created or checked just before
+            raise ConfigError(f"no table {self.table!r} on {self.where}")
+        oid, schema, rel = int(found[0]), str(found[1]), str(found[2])
+        present = [(str(n), str(t)) for n, t in (conn.execute(COLUMNS, (oid,))).fetchall()]
+        create_registry(conn)
+        wanted = Claim(self.namespace, f"{schema}.{rel}", "key", oid, signature(present))
+        self.claim_verdict, _ = claim_namespace(conn, wanted)

@@ -28,21 +28,11 @@ from ..epochs import PG_CREATE as PG_CREATE_EPOCHS
 from ..errors import ConfigError, InvalidKeyError, SourceUnavailable
 from ..sources.base import Row
 from ..sources.postgres_sql import Connection, check_key_text, describe, map_error, validate
-from ..sources.registry import (
-    CHANGED_REASON,
-    PG_CREATE,
-    PG_EPOCH,
-    PG_INSERT,
-    PG_LOCK,
-    PG_REHOME,
-    PG_RELEASE,
-    Claim,
-    Verdict,
-    cache_version,
-    judge,
-)
+from ..sources.registry import PG_EPOCH, PG_RELEASE, Claim, Verdict, cache_version
+from ..sources.rowcodec import PG_SESSION_CALLS
 from ..sources.table import Table, refuse_write
 from ..sources.table_sql import COLUMNS, RELATION, UNIQUE, read_sql, returning_sql, scan_sql
+from .namespaces import claim_namespace, create_registry
 
 _RACE = (pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject)
 
@@ -56,8 +46,9 @@ class PostgresTableSource:
         >>> src.read("42")
         Row(version=7, payload=b'{"id":42,"name":"Alice","version":7}')
 
-    Each read borrows a pooled connection (autocommit, ``TimeZone`` UTC so timestamps are
-    encoded as the listener encodes them).
+    Each read borrows a pooled connection (autocommit, in the session of
+    ``rowcodec.PG_SESSION``: ``TimeZone`` UTC and the rest, so rows are encoded as the
+    listener and the ORM integrations encode them).
     """
 
     name = "postgres-table"
@@ -202,26 +193,14 @@ class PostgresTableSource:
         self.key_type = types[self.table.key]
         wanted = Claim(self.namespace, f"{schema}.{name}", self.table.key, oid,
                        self.table.signature(present))
-        for create in (PG_CREATE, PG_CREATE_EPOCHS):
-            with suppress(*_RACE):
-                conn.execute(create)
+        create_registry(conn)
+        with suppress(*_RACE):
+            conn.execute(PG_CREATE_EPOCHS)
         if (conn.execute(PG_COLUMNS)).fetchone() != (4,):
             conn.execute(PG_UPGRADE)  # an epochs table made by an earlier version
         self._epochs_ready = True
         self._observe(conn)
-        with conn.transaction():
-            conn.execute(PG_INSERT, (wanted.namespace, wanted.table, wanted.key_column,
-                                           wanted.oid, wanted.signature))
-            row = (conn.execute(PG_LOCK, (self.namespace, self.namespace))).fetchone()
-            claimed = None if row is None else Claim(str(row[0]), str(row[1]), str(row[2]),
-                                                     row[3], str(row[4]), int(row[5]))
-            verdict = judge(claimed, wanted)
-            epoch = 0 if claimed is None else claimed.epoch
-            if verdict is Verdict.CHANGED:
-                conn.execute(PG_REHOME, (wanted.oid, wanted.signature, self.namespace))
-                bumped = (conn.execute(
-                    PG_BUMP, {"ns": self.namespace, "reason": CHANGED_REASON})).fetchone()
-                epoch = int(bumped[0]) if bumped else epoch + 1
+        verdict, epoch = claim_namespace(conn, wanted)
         self.last_epoch = epoch
         self.claim = Claim(wanted.namespace, wanted.table, wanted.key_column, wanted.oid,
                            wanted.signature, epoch)
@@ -247,8 +226,9 @@ class PostgresTableSource:
 
     def _configure(self, conn: Connection) -> None:
         timeout = f"{self.statement_timeout_ms}ms"
+        # PG_SESSION_CALLS: TimeZone UTC and the rest the one row encoding assumes.
         conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                           "set_config('TimeZone', 'UTC', false)", (timeout,))
+                           + PG_SESSION_CALLS, (timeout,))
         if self._epochs_ready:
             self._observe(conn)
 

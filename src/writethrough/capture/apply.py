@@ -12,7 +12,9 @@ leases, epochs, encodings), this file is what changes.
 * write-through: the row's current value with the row's version (``row_to_json``, or
   one column as JSON), a tombstone if the row is gone;
 * invalidate: a tombstone with the change's version (the row's, when the change did not
-  carry one).
+  carry one);
+* after an epoch bump (TRUNCATE, re-created table, new slot): every entry of the
+  namespace removed (:meth:`CacheApplier.flush`).
 """
 
 from __future__ import annotations
@@ -115,6 +117,17 @@ class CacheApplier:
     def begin_batch(self) -> None:
         """Count afresh: a batch whose first writes all fail unreachable stops early."""
         self.landed = self.unreachable = 0
+
+    def flush(self, namespace: str) -> int:
+        """Remove every entry of ``namespace`` (after its epoch was bumped: a TRUNCATE, a
+        re-created table, a new slot), so stores that have not read the new epoch yet
+        miss instead of serving the old table's rows; returns how many keys. Raises
+        CacheError (the caller retries: a flush is always safe to repeat)."""
+        from ..lifecycle import flush_entries
+
+        removed = int(flush_entries(self.cache, namespace))
+        self.stats.flushed += removed
+        return removed
 
     @property
     def cache_down(self) -> bool:

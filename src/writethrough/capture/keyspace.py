@@ -105,6 +105,7 @@ class ListenerStats:
     superseded: int = 0  # the cache already held this version or newer
     rechecked: int = 0  # a writer lease was taken over by a newer write before its fill
     truncates: int = 0  # TRUNCATEs seen (each bumped its namespace's epoch)
+    flushed: int = 0  # cache entries removed after an epoch bump (TRUNCATE, re-created table)
     parked: int = 0  # keys whose cache write failed, recorded to retry (none lost)
     unparked: int = 0  # parked keys written since
     skipped: int = 0  # changes that cannot be cached (a key the store could never read)

@@ -26,10 +26,12 @@ import psycopg
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
+from .._sync.namespaces import claim_namespace, create_registry
 from ..caches import open_cache
 from ..caches.base import Cache
 from ..checks import check_count
 from ..errors import CacheUnavailable, ConfigError, SourceError, SourceUnavailable
+from ..sources.registry import REGISTRY_TABLE, Claim, Verdict, signature
 from .apply import CacheApplier, Failed, KeyChange
 from .keyspace import (
     Backlog,
@@ -124,6 +126,7 @@ class BaseListener:
         self._next_parked = 0.0
         self._epochs: dict[str, int] | None = None
         self._epochs_until = 0.0
+        self._unflushed: set[str] = set()  # epoch bumped, cache entries not removed yet
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
         self._stop: threading.Event | None = None  # run()'s
@@ -141,25 +144,58 @@ class BaseListener:
     # -- set-up ---------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Resolve each keyspace's table (it must have capture installed)."""
+        """Resolve each keyspace's table (it must have capture installed) and claim its
+        namespace for it in the registry (``sources/registry.py``)."""
         conn = self.work()
-        with self.target.errors():
-            self.objects = objects_of(conn)
-            for name, space in self.keyspaces.items():
-                shape = inspect_table(conn, space.table, space.key_column)
-                read, versions = row_queries(shape, space.key_column, space.version_column,
-                                             space.value_column)
-                self.bound[name] = Bound(space, shape,
-                                         read if space.strategy == "write-through" else None,
-                                         versions)
-            missing = conn.execute(
-                "SELECT x FROM unnest(%s::text[]) AS x WHERE to_regclass(x) IS NULL",
-                ([self.objects.ident(n).as_string(conn) for n in self.required_objects()],)
-            ).fetchall()
-            conn.commit()
-        if missing:
-            raise ConfigError(f"{', '.join(str(m[0]) for m in missing)} missing: install "
-                              "change capture on the table first (writethrough install)")
+        try:
+            with self.target.errors():
+                self.objects = objects_of(conn)
+                for name, space in self.keyspaces.items():
+                    shape = inspect_table(conn, space.table, space.key_column)
+                    read, versions = row_queries(shape, space.key_column,
+                                                 space.version_column, space.value_column)
+                    self.bound[name] = Bound(space, shape,
+                                             read if space.strategy == "write-through"
+                                             else None, versions)
+                missing = conn.execute(
+                    "SELECT x FROM unnest(%s::text[]) AS x WHERE to_regclass(x) IS NULL",
+                    ([self.objects.ident(n).as_string(conn) for n in self.required_objects()],)
+                ).fetchall()
+                if missing:
+                    raise ConfigError(f"{', '.join(str(m[0]) for m in missing)} missing: "
+                                      "install change capture on the table first "
+                                      "(writethrough install)")
+                self.claim_namespaces(conn)
+                # Flushed before the claim commits: if the cache fails, the claim stays
+                # as it was and the next start finds the table changed again.
+                self.flush_bumped()
+                conn.commit()
+        except BaseException:
+            self.abort()
+            raise
+
+    def claim_namespaces(self, conn: Connection) -> None:
+        """Claim each keyspace's namespace for its table and key column, as stores do:
+        a namespace of another table (a store's, or another listener's) is refused with a
+        ConfigError; a table re-created or altered since the last claim bumps the
+        namespace's epoch (flushed by :meth:`flush_bumped`). Not committed here."""
+        try:
+            create_registry(conn)
+            for namespace, bound in self.bound.items():
+                shape = bound.shape
+                wanted = Claim(namespace, shape.qualified, bound.space.key_column, shape.oid,
+                               signature(list(shape.columns.items())))
+                verdict, epoch = claim_namespace(conn, wanted)
+                if verdict is Verdict.CHANGED:
+                    log.info("capture: %s was re-created or altered: epoch of %r is now %s",
+                             shape.qualified, namespace, epoch)
+                    self._epochs = None
+                    self._unflushed.add(namespace)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise ConfigError(
+                f"the listener's role may not use {REGISTRY_TABLE} ({exc.diag.message_primary})"
+                ": run writethrough install again with the listener's role (it creates the "
+                "table and grants the role what it needs)") from None
 
     def required_objects(self) -> tuple[str, ...]:
         return ("writethrough_versions", "writethrough_epochs", "writethrough_parked")
@@ -211,7 +247,8 @@ class BaseListener:
     def bump_epochs(self, namespaces: set[str], reason: str) -> None:
         """A TRUNCATE: every older cache entry of these namespaces becomes invalid. Not
         committed here (the logical listener commits before writing entries of the new
-        epoch; the trigger listener with the claimed batch)."""
+        epoch; the trigger listener with the claimed batch). The namespaces are then
+        flushed too (:meth:`flush_bumped`)."""
         assert self.objects is not None
         conn = self.work()
         self._epochs = None
@@ -220,12 +257,28 @@ class BaseListener:
                 epoch = conn.execute(BUMP_SQL, {"ns": namespace, "reason": reason}).fetchone()
                 log.info("capture: epoch of %r is now %s", namespace,
                          epoch[0] if epoch else "?")
+        self._unflushed |= namespaces
+
+    def flush_bumped(self) -> None:
+        """Remove every cache entry of the namespaces whose epoch was bumped (and not
+        flushed since): a store that has not read the new epoch yet would still serve the
+        entries of the old epoch -- the truncated table's rows -- until its next epoch
+        check. Raises CacheError (the namespaces not flushed stay due: flushing again is
+        harmless). Called after the bump and before it commits where the bump can be rolled
+        back and redone (a TRUNCATE's batch, a claim), after the commit where it cannot
+        (a new slot: then retried with the next batch)."""
+        for namespace in sorted(self._unflushed):
+            removed = self.applier.flush(namespace)
+            self._unflushed.discard(namespace)
+            log.info("capture: flushed %s cache entr%s of %r (epoch bumped)", removed,
+                     "y" if removed == 1 else "ies", namespace)
 
     # -- applying -----------------------------------------------------------------------
 
     def apply(self, changes: Mapping[str, dict[str, KeyChange]]) -> None:
         """Write every changed key; park the keys that failed alone (not committed here:
         the caller commits, then confirms). Raises CacheUnavailable if the cache is down."""
+        self.flush_bumped()  # due from a bump whose flush failed after its commit
         epochs = self.epochs()
         failed: list[tuple[str, Failed]] = []
         self.applier.begin_batch()

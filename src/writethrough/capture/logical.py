@@ -23,7 +23,8 @@ A DELETE's version is the deleted row's + 1: from the WAL when the table's repli
 identity carries the version column (FULL), else the last version this listener streamed
 for the key (``remember_keys`` most recent keys), else one above every version drawn so
 far (safe: a re-insert drawn before it stays a miss until the tombstone expires).
-A TRUNCATE bumps the namespace's epoch. A slot keeps the server's WAL from its
+A TRUNCATE bumps the namespace's epoch and flushes its cache entries (a store that has not
+read the new epoch yet then misses instead of serving the truncated rows). A slot keeps the server's WAL from its
 confirmed position on: a stopped listener makes it grow (:func:`slot_status`,
 ``max_slot_wal_keep_size``); drop the slot of a group that is gone (:func:`drop_slot`).
 """
@@ -169,6 +170,7 @@ class LogicalListener(BaseListener):
                 self._by_oid[bound.shape.oid] = namespace
             self._ensure_slot()
             conn.commit()
+        self._flush_after_slot()
         self.stream = ReplicationStream(self.target.conninfo, self.target.where, self.slot,
                                         self.publications, password=self.target.password)
 
@@ -198,6 +200,15 @@ class LogicalListener(BaseListener):
         self.bump_epochs(set(self.keyspaces), f"new replication slot {self.slot}")
         log.info("capture: created replication slot %s (epochs bumped: %s)", self.slot,
                  ", ".join(sorted(self.keyspaces)))
+
+    def _flush_after_slot(self) -> None:
+        """A new slot bumped the epochs (committed: the slot cannot be rolled back): flush
+        the namespaces now if the cache answers, else with the next batch."""
+        try:
+            self.flush_bumped()
+        except CacheError as exc:
+            log.warning("capture: cannot flush %s yet (%s); retried with the next batch",
+                        ", ".join(sorted(self._unflushed)), exc)
 
     def slot_status(self) -> SlotStatus | None:
         """This group's slot: its backlog and the WAL the server keeps for it."""
@@ -290,6 +301,7 @@ class LogicalListener(BaseListener):
                 except BaseException:
                     self.abort()
                     raise
+                self._flush_after_slot()
                 stream.open()
             if self.standby:
                 log.info("capture: slot %s acquired; streaming", self.slot)
@@ -411,13 +423,16 @@ class LogicalListener(BaseListener):
         try:
             if self._truncated:
                 self.bump_epochs(self._truncated, "TRUNCATE (logical capture)")
+                # The old epoch's entries go before the bump commits: if the flush fails,
+                # the bump is rolled back and both come again with the batch.
+                self.flush_bumped()
                 self.commit()
-                self.stats.truncates += len(self._truncated)
             self.apply(self._pending)
             self.commit()
         except BaseException:
             self.abort()
             raise
+        self.stats.truncates += len(self._truncated)
         done = time.time()
         self.lags.extend([done - t for t in self._times])
         self.stats.batches += 1

@@ -22,6 +22,7 @@ from .. import checks
 from ..checks import check_identifier
 from ..errors import ConfigError
 from ..sources.postgres import map_error
+from ..sources.rowcodec import pg_session_options
 
 Connection = psycopg.Connection[TupleRow]
 # Options of the store's postgresql:// source URLs that are not libpq's: ignored here.
@@ -81,6 +82,9 @@ class PgTarget:
         if params["connect_timeout"] < 1:
             raise ConfigError("connect_timeout must be >= 1 second (0 would wait forever)")
         params.setdefault("application_name", application_name)
+        # Every capture connection (the rows' JSON, the replication stream's key text) in
+        # the session the one row encoding assumes, whatever the role or database sets.
+        params["options"] = pg_session_options(params.get("options"))
         user = f"{params['user']}@" if params.get("user") else ""
         port = f":{params['port']}" if params.get("port") else ""
         where = f"{user}{params.get('host') or 'localhost'}{port}/{params.get('dbname', '')}"

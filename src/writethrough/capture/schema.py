@@ -45,6 +45,7 @@ from psycopg import sql
 
 from .. import epochs
 from ..errors import ConfigError
+from ..sources import registry
 from .pg import (
     Connection,
     PgTarget,
@@ -61,6 +62,7 @@ SEQUENCE = "writethrough_versions"
 CHANGES = "writethrough_changes"
 PARKED = "writethrough_parked"
 EPOCHS = "writethrough_epochs"
+REGISTRY = registry.REGISTRY_TABLE  # writethrough_namespaces
 CHANNEL = "writethrough_changes"
 VERSION_TRIGGER = "writethrough_version"
 CHANGE_TRIGGERS = ("writethrough_insert", "writethrough_update", "writethrough_delete",
@@ -128,6 +130,9 @@ _SHARED = {
     SEQUENCE: ("S", "CREATE SEQUENCE {o} AS bigint INCREMENT BY 2 START WITH 2 NO CYCLE",
                "GRANT USAGE ON SEQUENCE {o} TO PUBLIC"),
     EPOCHS: ("r", epochs.PG_CREATE.replace("IF NOT EXISTS writethrough_epochs", "{o}"), None),
+    # Which table feeds which namespace: listeners claim theirs at start, as stores do.
+    REGISTRY: ("r", registry.PG_CREATE.replace("IF NOT EXISTS writethrough_namespaces", "{o}"),
+               None),
     PARKED: ("r", "CREATE TABLE {o} (namespace text NOT NULL, key text NOT NULL, "
                   "version bigint, deleted boolean NOT NULL, attempts int NOT NULL DEFAULT 0, "
                   "parked_at timestamptz NOT NULL DEFAULT now(), "
@@ -270,8 +275,9 @@ def install(source_url: str, table: str, key_column: str, *, capture: Capture = 
     Needs to own the table (or be superuser), and CREATE on its schema and on the database
     (a publication). ``listener_role``: grant that role exactly what ``listen`` needs (read
     the table, the changes, the epochs and the parked keys; logical decoding also needs
-    the REPLICATION attribute, which only a superuser can give). Takes a short exclusive
-    lock on the table.
+    the REPLICATION attribute, which only a superuser can give) and use the namespace
+    registry (``writethrough_namespaces``, created here: a listener claims its namespaces
+    there when it starts, as stores do). Takes a short exclusive lock on the table.
     """
     if capture not in ("logical", "triggers"):
         raise ConfigError(f"capture must be 'logical' or 'triggers', got {capture!r}")
@@ -384,6 +390,7 @@ def _grant_listener(conn: Connection, shape: TableShape, objects: Objects, role:
     r = sql.Identifier(role)
     grants = [("SELECT", shape.ident), ("SELECT, USAGE", objects.sequence),
               ("SELECT, INSERT, UPDATE", objects.epochs),
+              ("SELECT, INSERT, UPDATE", objects.ident(REGISTRY)),
               ("SELECT, INSERT, UPDATE, DELETE", objects.parked)]
     if capture == "triggers":
         grants.append(("SELECT, UPDATE, DELETE", objects.changes))  # UPDATE: FOR UPDATE

@@ -14,7 +14,8 @@ a batch (``FOR UPDATE SKIP LOCKED``: several listeners share the work), applies 
 from the change rows), parks the keys that failed alone, deletes the batch and commits.
 It polls every ``poll_interval`` (0.2 s), and is woken at once by the NOTIFY the
 triggers send when installed with ``notify=True`` (costly for writers: see
-:mod:`.schema`). A row with a NULL key is a TRUNCATE: the namespace's epoch is bumped.
+:mod:`.schema`). A row with a NULL key is a TRUNCATE: the namespace's epoch is bumped and
+its cache entries flushed.
 Stops between batches.
 
 Retention: applied rows are deleted at once; the table is created with aggressive
@@ -177,6 +178,8 @@ class TriggerListener(BaseListener):
                             keys.setdefault(str(key), KeyChange(None, False))
                     if truncated:
                         self.bump_epochs(truncated, "TRUNCATE (trigger capture)")
+                        # Before the bump commits: a failed flush rolls the batch back.
+                        self.flush_bumped()
                         self.stats.truncates += len(truncated)
                     if changes:
                         self.apply(changes)

@@ -15,14 +15,21 @@ OID (PostgreSQL) and column signature -- in the same database:
   before is below the epoch's floor and never served again; the store that noticed also
   flushes the namespace (``lifecycle.after_open``). Change capture bumps it on TRUNCATE.
 
+Claimants: the table sources, the key-value sources (their table, ``writethrough_items``
+unless told otherwise, key column ``key``) and change capture's listeners (each
+keyspace's table and key column, when the listener starts): a store or a listener
+pointed at another table's namespace is refused.
+
 The SQL is for PostgreSQL (``%s``) and SQLite (``?``, no OIDs: a re-created SQLite table
 with the same columns is not detected -- flush the namespace, ``writethrough table
-flush``). No I/O here: the sources run these statements on their connections.
+flush``). No I/O here: ``_async/namespaces.py`` (and its generated sync twin) runs these
+statements on PostgreSQL connections, ``sources/sqlite.py`` on SQLite ones.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..epochs import EPOCH_SPAN, compose
@@ -102,6 +109,13 @@ def judge(found: Claim | None, wanted: Claim) -> Verdict:
     if found.oid != wanted.oid or found.signature != wanted.signature:
         return Verdict.CHANGED
     return Verdict.SAME
+
+
+def signature(present: Sequence[tuple[str, str]]) -> str:
+    """A table's column list ``name type, ...`` in catalog order (PostgreSQL's
+    ``format_type``, SQLite's declared type): another one means another schema. Every
+    claimant of a table computes it alike, or they would take turns bumping the epoch."""
+    return ", ".join(f"{n} {t}" for n, t in present)
 
 
 def cache_version(epoch: int, row_version: int) -> int:

@@ -6,10 +6,17 @@ psycopg / SQLAlchemy / Django integrations), and change capture reads it after s
 else's commit (the listener, ``row_to_json``). All three must decode to the same dict, or
 a reader would see the same version of a row in two shapes.
 
-The canonical form is PostgreSQL's own ``to_json`` of each column, in a session whose
-``TimeZone`` is UTC (the table source and the listener pin it): this module turns the
-Python values a driver or an ORM hands over into exactly what ``orjson.loads`` gives for
-that JSON.
+The canonical form is PostgreSQL's own ``to_json`` of each column, in a session with the
+settings of :data:`PG_SESSION` (``TimeZone`` UTC, shortest-exact floats, hex bytea, ISO
+dates): ``to_json`` of a timestamptz depends on the session's time zone, of a float on
+``extra_float_digits``, of a bytea on ``bytea_output``, of a range or an interval on
+``DateStyle`` / ``IntervalStyle``, and a role or a database may set any of them
+(``ALTER ROLE ... SET TimeZone``). Every connection that reads a payload on the server
+pins them -- the table source (:data:`PG_SESSION_SQL` on each pooled connection) and
+change capture (startup options, :func:`pg_session_options`, which win over role and
+database settings). This module turns the Python values a driver or an ORM hands over
+into exactly what ``orjson.loads`` gives for that JSON; for floats to round-trip, the
+application's own connection must keep ``extra_float_digits`` >= 1 (the default).
 
 ======================  ==========================================  ==================
 SQL type                Python value (psycopg, SQLAlchemy, Django)   cached as
@@ -44,7 +51,29 @@ import orjson
 
 from ..errors import InvalidValueError
 
-__all__ = ["encode_row", "encode_value", "json_value"]
+__all__ = ["PG_SESSION", "PG_SESSION_CALLS", "PG_SESSION_SQL", "encode_row", "encode_value", "json_value",
+           "pg_session_options"]
+
+# The session settings PostgreSQL's JSON of a row depends on, as this module assumes them.
+PG_SESSION: tuple[tuple[str, str], ...] = (
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),  # > 0: shortest exact (PostgreSQL 12+), as Python's repr
+    ("bytea_output", "hex"),
+)
+# ``set_config`` calls setting them for the rest of the session (a SELECT list, no
+# parameters), and the statement of only these.
+PG_SESSION_CALLS = ", ".join(
+    f"pg_catalog.set_config('{name}', '{value}', false)" for name, value in PG_SESSION)
+PG_SESSION_SQL = "SELECT " + PG_SESSION_CALLS
+
+
+def pg_session_options(options: str | None = None) -> str:
+    """libpq ``options`` with :data:`PG_SESSION` appended: set at connection start, after
+    (so over) the role's and database's settings and any ``-c`` already in ``options``."""
+    pinned = " ".join(f"-c {name}={value.replace(' ', '')}" for name, value in PG_SESSION)
+    return f"{options} {pinned}" if options else pinned
 
 _UTC = dt.UTC
 _FLOATS = {math.inf: "Infinity", -math.inf: "-Infinity"}

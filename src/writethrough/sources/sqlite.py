@@ -30,6 +30,18 @@ from ..errors import (
 )
 from ..urls import ParsedURL
 from .base import Logged, OutboxRow, Row
+from .registry import (
+    CHANGED_REASON,
+    PG_INSERT,
+    PG_LOCK,
+    PG_REHOME,
+    Claim,
+    Verdict,
+    judge,
+    signature,
+    sqlite,
+)
+from .registry import SQLITE_CREATE as REGISTRY_CREATE
 
 DEFAULT_TABLE = "writethrough_items"
 OUTBOX_TABLE = "writethrough_outbox"
@@ -72,6 +84,7 @@ class SQLiteSource:
         # An in-memory database exists per connection: share one, behind a lock.
         self._shared_lock = threading.Lock() if path == ":memory:" else None
         self._closed = False
+        self.claim_verdict: Verdict | None = None  # what the registry said (constructor)
         t = table
         # Every statement also returns the namespace's epoch (see ``epochs``): versions
         # handed to the cache are epoch * 10**19 + the row's own.
@@ -250,6 +263,11 @@ class SQLiteSource:
                 f"table {self.table!r} in {self.path} exists without column(s) {missing}; "
                 "use another table (?table=...)"
             )
+        # The namespace holds this table's rows (key column "key"); another table's
+        # namespace is refused (sources/registry.py).
+        present = [(str(r[1]), str(r[2]).lower()) for r in conn.execute(f"PRAGMA table_info({self.table})")]
+        wanted = Claim(self.namespace, self.table, "key", None, signature(present))
+        self.claim_verdict, _ = claim_sqlite_namespace(conn, wanted)
 
 
 class AsyncSQLiteSource:
@@ -259,6 +277,10 @@ class AsyncSQLiteSource:
 
     def __init__(self, inner: SQLiteSource) -> None:
         self.inner = inner
+
+    @property
+    def claim_verdict(self) -> Verdict | None:
+        return self.inner.claim_verdict
 
     async def open(self) -> None:
         await asyncio.to_thread(self.inner.open)
@@ -328,6 +350,27 @@ def bump_sqlite_epoch(conn: sqlite3.Connection, namespace: str, reason: str) -> 
     return epoch
 
 
+def claim_sqlite_namespace(conn: sqlite3.Connection, wanted: Claim) -> tuple[Verdict, int]:
+    """Claim ``wanted.namespace`` for its table in the SQLite registry (one write
+    transaction, on an autocommit connection): the verdict and the namespace's epoch,
+    bumped for an altered table. ConfigError for another table's namespace, nothing
+    changed (``sources/registry.py``)."""
+    conn.execute(REGISTRY_CREATE)
+    conn.execute(SQLITE_CREATE_EPOCHS)
+    with _transaction(conn):
+        conn.execute(sqlite(PG_INSERT), (wanted.namespace, wanted.table, wanted.key_column,
+                                         wanted.oid, wanted.signature))
+        row = conn.execute(sqlite(PG_LOCK), (wanted.namespace, wanted.namespace)).fetchone()
+        claimed = None if row is None else Claim(str(row[0]), str(row[1]), str(row[2]),
+                                                 row[3], str(row[4]), int(row[5]))
+        verdict = judge(claimed, wanted)
+        epoch = 0 if claimed is None else claimed.epoch
+        if verdict is Verdict.CHANGED:
+            conn.execute(sqlite(PG_REHOME), (wanted.oid, wanted.signature, wanted.namespace))
+            epoch = bump_sqlite_epoch(conn, wanted.namespace, CHANGED_REASON)
+    return verdict, epoch
+
+
 class _Everywhere:
     """A stand-in for threading.local that gives every thread the same connection."""
 
@@ -351,6 +394,12 @@ def _map_error(exc: sqlite3.Error, path: str) -> SourceError:
 
 def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``."""
+    return SQLiteSource(url.path, namespace=namespace, **checked_options(url, **options))
+
+
+def checked_options(url: ParsedURL, **options: Any) -> dict[str, Any]:
+    """The SQLiteSource options of a ``sqlite://`` URL, checked (ConfigError), without
+    opening anything (the table source takes its path from here)."""
     if url.hosts or url.username or url.password is not None:
         raise ConfigError(f"SQLite URL takes no host or user: {url.redacted()!r} "
                           "(use sqlite:///file.db or sqlite:////abs.db)")
@@ -370,7 +419,7 @@ def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
     check_seconds("busy_timeout", kwargs["busy_timeout"], allow_zero=True, maximum=3600)
     if not isinstance(kwargs["synchronous"], str):
         raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {kwargs['synchronous']!r}")
-    return SQLiteSource(url.path, namespace=namespace, **kwargs)
+    return kwargs
 
 
 def async_from_url(url: ParsedURL, *, namespace: str, **options: Any) -> AsyncSQLiteSource:

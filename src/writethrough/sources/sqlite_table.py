@@ -18,22 +18,9 @@ from typing import Any
 
 from ..errors import ConfigError, SourceError, SourceUnavailable
 from .base import Row
-from .registry import (
-    CHANGED_REASON,
-    PG_EPOCH,
-    PG_INSERT,
-    PG_LOCK,
-    PG_REHOME,
-    PG_RELEASE,
-    SQLITE_CREATE,
-    Claim,
-    Verdict,
-    cache_version,
-    judge,
-    sqlite,
-)
+from .registry import PG_EPOCH, PG_RELEASE, Claim, Verdict, cache_version, sqlite
 from .rowcodec import encode_row, encode_value
-from .sqlite import SQLITE_CREATE_EPOCHS, _map_error, bump_sqlite_epoch
+from .sqlite import _map_error, bump_sqlite_epoch, claim_sqlite_namespace
 from .table import Table, refuse_write
 
 
@@ -170,24 +157,7 @@ class SQLiteTableSource:
             raise ConfigError(f"key column {self.table.key!r} of {name!r} must be the primary "
                               "key or have a unique index of its own")
         wanted = Claim(self.namespace, name, self.table.key, None, self.table.signature(present))
-        conn.execute(SQLITE_CREATE)
-        conn.execute(SQLITE_CREATE_EPOCHS)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(sqlite(PG_INSERT), (wanted.namespace, wanted.table, wanted.key_column,
-                                             None, wanted.signature))
-            row = conn.execute(sqlite(PG_LOCK), (self.namespace, self.namespace)).fetchone()
-            claimed = None if row is None else Claim(str(row[0]), str(row[1]), str(row[2]),
-                                                     row[3], str(row[4]), int(row[5]))
-            verdict = judge(claimed, wanted)
-            epoch = 0 if claimed is None else claimed.epoch
-            if verdict is Verdict.CHANGED:
-                conn.execute(sqlite(PG_REHOME), (None, wanted.signature, self.namespace))
-                epoch = bump_sqlite_epoch(conn, self.namespace, CHANGED_REASON)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        verdict, epoch = claim_sqlite_namespace(conn, wanted)
         self.last_epoch, self.claim_verdict = epoch, verdict
         self.claim = Claim(wanted.namespace, name, wanted.key_column, None, wanted.signature,
                            epoch)

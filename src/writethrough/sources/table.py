@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, ReadOnlyTableError
+from .registry import signature
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
@@ -90,7 +91,7 @@ class Table:
 
     def signature(self, present: Sequence[tuple[str, str]]) -> str:
         """The column list ``name type, ...`` (catalog order): a change means a new schema."""
-        return ", ".join(f"{n} {t}" for n, t in present)
+        return signature(present)
 
 
 def refuse_write(table: str, what: str) -> ReadOnlyTableError:

@@ -26,9 +26,10 @@ def open_table_source(url: str, table: Table, *, namespace: str, **options: Any)
     """The sync source over ``table`` (opened: the table is checked, the namespace claimed)."""
     parsed, kind = _common(url, table)
     if kind == "sqlite":
-        from .sqlite import from_url
+        from .sqlite import checked_options
 
-        path = from_url(parsed, namespace=namespace).path  # the same URL rules
+        checked_options(parsed)  # the same URL rules (opens nothing: no key-value table)
+        path = parsed.path
         from .sqlite_table import SQLiteTableSource
 
         src: Any = SQLiteTableSource(path, table, namespace=namespace,
@@ -47,10 +48,11 @@ def open_async_table_source(url: str, table: Table, *, namespace: str, **options
     """The asyncio source over ``table``; checked at ``await store.open()``."""
     parsed, kind = _common(url, table)
     if kind == "sqlite":
-        from .sqlite import from_url
+        from .sqlite import checked_options
         from .sqlite_table import AsyncSQLiteTableSource, SQLiteTableSource
 
-        path = from_url(parsed, namespace=namespace).path
+        checked_options(parsed)
+        path = parsed.path
         return AsyncSQLiteTableSource(SQLiteTableSource(
             path, table, namespace=namespace,
             busy_timeout=parsed.option("busy_timeout", float, 5.0)))
