@@ -126,6 +126,7 @@ def captured_table(mode: str, url: str, cache_url: str, columns: str = "") -> It
         uninstall(url, t.name)
         t.sql("DROP TABLE IF EXISTS {t}")
         t.sql("DELETE FROM writethrough_parked WHERE namespace = %s", (namespace,))
+        t.sql("DELETE FROM writethrough_namespaces WHERE namespace = %s", (namespace,))
         if mode == "logical":
             _drop_slot(url, t.group)
 

@@ -7,11 +7,12 @@ is either checked against a plain-identifier pattern or composed with ``psycopg.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
@@ -74,8 +75,9 @@ class PgTarget:
             query = parse_qsl(parts.query, keep_blank_values=True)
             timeout = next((v for k, v in query if k == "connect_timeout"), str(connect_timeout))
             kept = [(k, v) for k, v in query if k not in _STORE_OPTIONS]
+            # quote, not quote_plus: libpq reads "+" as a plus sign, not a space
             params: dict[str, Any] = conninfo_to_dict(urlunsplit(parts._replace(
-                query=urlencode(kept))))
+                query=urlencode(kept, quote_via=quote))))
             params["connect_timeout"] = int(timeout)
         except (psycopg.Error, ValueError):
             raise ConfigError("malformed PostgreSQL source URL") from None
@@ -84,7 +86,9 @@ class PgTarget:
         params.setdefault("application_name", application_name)
         # Every capture connection (the rows' JSON, the replication stream's key text) in
         # the session the one row encoding assumes, whatever the role or database sets.
-        params["options"] = pg_session_options(params.get("options"))
+        # (libpq would take PGOPTIONS only when the conninfo has no options: keep it.)
+        params["options"] = pg_session_options(params.get("options")
+                                               or os.environ.get("PGOPTIONS"))
         user = f"{params['user']}@" if params.get("user") else ""
         port = f":{params['port']}" if params.get("port") else ""
         where = f"{user}{params.get('host') or 'localhost'}{port}/{params.get('dbname', '')}"
