@@ -261,3 +261,26 @@ def test_sqlite_table_store(tmp_path: Path) -> None:
                            table=Table("users")) as again:
         assert again.source.claim_verdict is Verdict.CHANGED and again.source.last_epoch > 0
         assert again.get("1")["email"] is None
+
+
+def test_sqlite_key_value_and_table_stores_never_share_a_namespace(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, "
+                   "version INTEGER NOT NULL DEFAULT 1)")
+    url = f"sqlite:///{path}"
+    users = unique_namespace()
+    with writethrough.open(url, "memory://", namespace=users, table=Table("users")):
+        pass
+    with sqlite3.connect(path) as db:  # the table store made none of the key-value tables
+        made = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert "writethrough_items" not in made and "writethrough_outbox" not in made
+    with pytest.raises(ConfigError, match="holds rows of table 'users'"):
+        writethrough.open(url, "memory://", namespace=users)  # the key-value store
+    kv = unique_namespace()
+    with writethrough.open(url, "memory://", namespace=kv) as store:
+        store.put("a", 1)
+    with writethrough.open(url, "memory://", namespace=kv) as again:  # the same table: fine
+        assert again.get("a") == 1 and again.source.claim_verdict is Verdict.SAME
+    with pytest.raises(ConfigError, match="holds rows of table 'writethrough_items'"):
+        writethrough.open(url, "memory://", namespace=kv, table=Table("users"))
