@@ -82,8 +82,8 @@ def test_a_writer_cannot_reuse_the_capture_for_anything_else(
 
 def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any) -> None:
     """The least privilege SECURITY.md promises: a role with SELECT, INSERT, UPDATE on a
-    table an owner created and on writethrough_epochs (and no CREATE on the schema) can use
-    the store."""
+    table an owner created, on writethrough_epochs and on writethrough_namespaces (and no
+    CREATE on the schema) can use the store."""
     import writethrough
 
     url = str(postgres_srv.url)
@@ -99,10 +99,12 @@ def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any)
                 "CREATE TABLE {t} (namespace text NOT NULL, key text NOT NULL, value bytea, "
                 "version bigint NOT NULL, PRIMARY KEY (namespace, key))").format(**ident))
             conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {t} TO {r}").format(**ident))
-            with writethrough.open(source=url, namespace="lp"):  # creates writethrough_epochs
+            # creates writethrough_epochs and writethrough_namespaces (the namespace is
+            # claimed for writethrough_items: the role's store uses another one)
+            with writethrough.open(source=url, namespace=f"{tag}-owner"):
                 pass
-            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON writethrough_epochs TO {r}")
-                         .format(**ident))
+            conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON writethrough_epochs, "
+                                 "writethrough_namespaces TO {r}").format(**ident))
             schema = conn.execute("SELECT current_schema()").fetchone()
             assert schema is not None
             conn.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {r}").format(
@@ -111,11 +113,13 @@ def test_the_key_value_source_needs_only_select_insert_update(postgres_srv: Any)
             own["user"] = tag
             as_role = (f"postgresql://{tag}@{own.get('host', '127.0.0.1')}:{own.get('port', 5432)}"
                        f"/{own['dbname']}?table={tag}_items")
-            with writethrough.open(source=as_role, namespace="lp") as store:
+            with writethrough.open(source=as_role, namespace=tag) as store:
                 assert store.put("k", 1).version == 1
                 assert store.get("k") == 1
                 assert store.delete("k").version == 2
         finally:
+            conn.execute("DELETE FROM writethrough_namespaces WHERE namespace IN (%s, %s)",
+                         (tag, f"{tag}-owner"))
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {t}").format(**ident))
             conn.execute(sql.SQL("DROP OWNED BY {r}").format(**ident))
             conn.execute(sql.SQL("DROP ROLE {r}").format(**ident))
