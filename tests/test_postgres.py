@@ -434,9 +434,10 @@ def test_an_existing_table_of_the_right_shape_is_adopted(
         f"CREATE TABLE {table} (key varchar(200), namespace text, version bigint NOT NULL, "
         "value bytea, note text DEFAULT 'x' NOT NULL, UNIQUE (key, namespace))"
     )
-    raw.execute(f"INSERT INTO {table} VALUES ('k', 'adopt', 7, 'old')")
+    namespace = unique_namespace("adopt")  # claimed for this table (registry)
+    raw.execute(f"INSERT INTO {table} VALUES ('k', %s, 7, 'old')", (namespace,))
     raw.commit()
-    src = open_pg(pg_url, namespace="adopt", table=table)
+    src = open_pg(pg_url, namespace=namespace, table=table)
     try:
         assert src.read("k") == Row(7, b"old")
         assert src.write("k", b"new") == 8
