@@ -150,13 +150,8 @@ class BaseListener:
         try:
             with self.target.errors():
                 self.objects = objects_of(conn)
-                for name, space in self.keyspaces.items():
-                    shape = inspect_table(conn, space.table, space.key_column)
-                    read, versions = row_queries(shape, space.key_column,
-                                                 space.version_column, space.value_column)
-                    self.bound[name] = Bound(space, shape,
-                                             read if space.strategy == "write-through"
-                                             else None, versions)
+                for name in self.keyspaces:
+                    self.bind(conn, name)
                 missing = conn.execute(
                     "SELECT x FROM unnest(%s::text[]) AS x WHERE to_regclass(x) IS NULL",
                     ([self.objects.ident(n).as_string(conn) for n in self.required_objects()],)
@@ -174,14 +169,41 @@ class BaseListener:
             self.abort()
             raise
 
-    def claim_namespaces(self, conn: Connection) -> None:
-        """Claim each keyspace's namespace for its table and key column, as stores do:
-        a namespace of another table (a store's, or another listener's) is refused with a
-        ConfigError; a table re-created or altered since the last claim bumps the
-        namespace's epoch (flushed by :meth:`flush_bumped`). Not committed here."""
+    def bind(self, conn: Connection, namespace: str) -> Bound:
+        """Resolve the keyspace's table as it is now (its OID, its columns, the SQL)."""
+        space = self.keyspaces[namespace]
+        shape = inspect_table(conn, space.table, space.key_column)
+        read, versions = row_queries(shape, space.key_column, space.version_column,
+                                     space.value_column)
+        bound = Bound(space, shape, read if space.strategy == "write-through" else None,
+                      versions)
+        self.bound[namespace] = bound
+        return bound
+
+    def rebind(self, namespaces: set[str]) -> None:
+        """The tables of these namespaces were dropped and created again while running:
+        resolve them again and claim them (the registry sees another OID: the epoch is
+        bumped and the namespace due for a flush, :meth:`flush_bumped`). Not committed."""
+        conn = self.work()
+        with self.target.errors():
+            for namespace in sorted(namespaces):
+                self.bind(conn, namespace)
+                log.warning("capture: %s was re-created (now OID %s); %r follows it",
+                            self.bound[namespace].shape.qualified,
+                            self.bound[namespace].shape.oid, namespace)
+            self.claim_namespaces(conn, namespaces)
+
+    def claim_namespaces(self, conn: Connection, only: set[str] | None = None) -> None:
+        """Claim each keyspace's namespace (or ``only`` these) for its table and key
+        column, as stores do: a namespace of another table (a store's, or another
+        listener's) is refused with a ConfigError; a table re-created or altered since the
+        last claim bumps the namespace's epoch (flushed by :meth:`flush_bumped`). Not
+        committed here."""
         try:
             create_registry(conn)
             for namespace, bound in self.bound.items():
+                if only is not None and namespace not in only:
+                    continue
                 shape = bound.shape
                 wanted = Claim(namespace, shape.qualified, bound.space.key_column, shape.oid,
                                signature(list(shape.columns.items())))

@@ -24,7 +24,10 @@ identity carries the version column (FULL), else the last version this listener 
 for the key (``remember_keys`` most recent keys), else one above every version drawn so
 far (safe: a re-insert drawn before it stays a miss until the tombstone expires).
 A TRUNCATE bumps the namespace's epoch and flushes its cache entries (a store that has not
-read the new epoch yet then misses instead of serving the truncated rows). A slot keeps the server's WAL from its
+read the new epoch yet then misses instead of serving the truncated rows); so does a
+table dropped and created again under a running listener (once ``install`` ran on it
+again, its changes come through the publication under a new OID: the listener follows
+it and claims the namespace anew). A slot keeps the server's WAL from its
 confirmed position on: a stopped listener makes it grow (:func:`slot_status`,
 ``max_slot_wal_keep_size``); drop the slot of a group that is gone (:func:`drop_slot`).
 """
@@ -327,6 +330,9 @@ class LogicalListener(BaseListener):
         self._pending_count = 0  # distinct keys pending
         self._changes = 0  # changes pending (TRUNCATEs included)
         self._truncated: set[str] = set()
+        # namespace -> OID of its table created again under the same name (its Relation
+        # message came through our publication): bound and claimed anew by _flush
+        self._recreated: dict[str, int] = {}
         self._times: list[float] = []  # commit time of each pending change
         self._in_txn = False
         self._commit_time = 0.0
@@ -339,7 +345,8 @@ class LogicalListener(BaseListener):
         elif isinstance(message, po.Commit):
             self._in_txn, self._commit_end = False, message.end_lsn
         elif isinstance(message, po.Relation):
-            self._relations[message.oid] = (message, self._by_oid.get(message.oid))
+            self._relations[message.oid] = (message, self._namespace_of(message.oid)
+                                            or self._recreated_table(message))
         elif isinstance(message, po.Insert):
             self._change(message.relation, message.new, None)
         elif isinstance(message, po.Update):
@@ -348,11 +355,26 @@ class LogicalListener(BaseListener):
             self._change(message.relation, None, message.old)
         elif isinstance(message, po.Truncate):
             for oid in message.relations:
-                namespace = self._by_oid.get(oid)
+                namespace = self._namespace_of(oid)
                 if namespace is not None:
                     self._truncated.add(namespace)
                     self._changes += 1
                     self._times.append(self._commit_time)
+
+    def _namespace_of(self, oid: int) -> str | None:
+        found = self._by_oid.get(oid)
+        if found is None:
+            found = next((ns for ns, new in self._recreated.items() if new == oid), None)
+        return found
+
+    def _recreated_table(self, relation: po.Relation) -> str | None:
+        """A table of ours under a new OID: dropped and created again (and installed again:
+        its changes come through our publication). Its namespace, or None."""
+        for namespace, bound in self.bound.items():
+            if (bound.shape.schema, bound.shape.name) == (relation.schema, relation.name):
+                self._recreated[namespace] = relation.oid
+                return namespace
+        return None
 
     def _change(self, oid: int, new: tuple[po.Value, ...] | None,
                 old: tuple[po.Value, ...] | None) -> None:
@@ -421,8 +443,11 @@ class LogicalListener(BaseListener):
         stream = self.stream
         assert stream is not None
         try:
+            if self._recreated:  # claimed anew: the registry bumps the epoch
+                self.rebind(set(self._recreated))
             if self._truncated:
                 self.bump_epochs(self._truncated, "TRUNCATE (logical capture)")
+            if self._recreated or self._truncated:
                 # The old epoch's entries go before the bump commits: if the flush fails,
                 # the bump is rolled back and both come again with the batch.
                 self.flush_bumped()
@@ -432,6 +457,10 @@ class LogicalListener(BaseListener):
         except BaseException:
             self.abort()
             raise
+        for namespace, oid in self._recreated.items():
+            self._by_oid[oid] = namespace  # the old OID stays: harmless, it is gone
+            self._seen = OrderedDict((k, v) for k, v in self._seen.items() if k[0] != namespace)
+        self._recreated = {}
         self.stats.truncates += len(self._truncated)
         done = time.time()
         self.lags.extend([done - t for t in self._times])

@@ -15,7 +15,9 @@ from the change rows), parks the keys that failed alone, deletes the batch and c
 It polls every ``poll_interval`` (0.2 s), and is woken at once by the NOTIFY the
 triggers send when installed with ``notify=True`` (costly for writers: see
 :mod:`.schema`). A row with a NULL key is a TRUNCATE: the namespace's epoch is bumped and
-its cache entries flushed.
+its cache entries flushed. A table dropped and created again (and installed again) under
+a running listener is seen at the next full scan (``rescan_interval``): the listener
+follows it, claims the namespace anew (the epoch bumped) and flushes it.
 Stops between batches.
 
 Retention: applied rows are deleted at once; the table is created with aggressive
@@ -157,20 +159,41 @@ class TriggerListener(BaseListener):
             (list(self._oids),)).fetchone()
         return Backlog(int(row[0]), float(row[1])) if row else Backlog(0, 0.0)
 
+    def _recreated(self, conn: Connection) -> dict[str, int]:
+        """Namespaces whose table is there under another OID now (dropped and created
+        again, its change triggers installed again), with the new OID."""
+        names = {ns: bound.shape.ident.as_string(conn) for ns, bound in self.bound.items()}
+        found = conn.execute("SELECT x.name, to_regclass(x.name)::oid FROM "
+                             "unnest(%s::text[]) AS x(name)", (list(names.values()),)
+                             ).fetchall()
+        now = {str(name): oid for name, oid in found}
+        return {ns: int(now[name]) for ns, name in names.items()
+                if now.get(name) is not None and now[name] != self.bound[ns].shape.oid}
+
     def _drain_batch(self) -> tuple[int, bool]:
         with self._lock:
-            if time.monotonic() >= self._rescan_at:
+            rescan = time.monotonic() >= self._rescan_at
+            if rescan:
                 self._after, self._rescan_at = 0, time.monotonic() + self.rescan_interval
             conn = self.work()
+            recreated: dict[str, int] = {}
+            bound = dict(self.bound)
             try:
                 with self.target.errors():
-                    rows = conn.execute(self._claim, (list(self._oids), self._after,
+                    if rescan and (recreated := self._recreated(conn)):
+                        # Claimed anew (the registry bumps the epoch), flushed before the
+                        # bump commits, with this batch; its changes are claimed from now on.
+                        self.rebind(set(recreated))
+                        self.flush_bumped()
+                    oids = list(self._oids) + list(recreated.values())
+                    rows = conn.execute(self._claim, (oids, self._after,
                                                       self.batch_size)).fetchall()
                     claimed_at = time.monotonic()
                     changes: dict[str, dict[str, KeyChange]] = {}
                     truncated: set[str] = set()
                     for _, tbl, key, _ in rows:
-                        namespace = self._oids[int(tbl)]
+                        namespace = self._oids.get(int(tbl)) or next(
+                            ns for ns, oid in recreated.items() if oid == int(tbl))
                         if key is None:
                             truncated.add(namespace)
                         else:
@@ -190,7 +213,11 @@ class TriggerListener(BaseListener):
                 if isinstance(exc, SourceError):
                     self.stats.source_errors += 1
                 self.abort()
+                if recreated:  # rolled back: look again with the next batch
+                    self.bound, self._rescan_at = bound, 0.0
                 raise
+            for namespace, oid in recreated.items():
+                self._oids[oid] = namespace  # the old OID stays: its last changes drain
             if rows:
                 # Ids are drawn before commit: keep a margin for rows committed late.
                 self._after = max(self._after, int(rows[-1][0]) - 10 * self.batch_size)
