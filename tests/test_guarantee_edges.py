@@ -7,7 +7,6 @@ partitioned old primary acknowledges inside ``min-replicas-max-lag``.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 import threading
 import time
