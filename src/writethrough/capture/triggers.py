@@ -159,7 +159,7 @@ class TriggerListener(BaseListener):
             (list(self._oids),)).fetchone()
         return Backlog(int(row[0]), float(row[1])) if row else Backlog(0, 0.0)
 
-    def _recreated(self, conn: Connection) -> dict[str, int]:
+    def _recreated_tables(self, conn: Connection) -> dict[str, int]:
         """Namespaces whose table is there under another OID now (dropped and created
         again, its change triggers installed again), with the new OID."""
         names = {ns: bound.shape.ident.as_string(conn) for ns, bound in self.bound.items()}
@@ -180,7 +180,7 @@ class TriggerListener(BaseListener):
             bound = dict(self.bound)
             try:
                 with self.target.errors():
-                    if rescan and (recreated := self._recreated(conn)):
+                    if rescan and (recreated := self._recreated_tables(conn)):
                         # Claimed anew (the registry bumps the epoch), flushed before the
                         # bump commits, with this batch; its changes are claimed from now on.
                         self.rebind(set(recreated))

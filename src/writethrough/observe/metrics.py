@@ -90,6 +90,9 @@ STAT_METRICS: dict[str, tuple[str, str]] = {
                        "Read floors forgotten while the cache was down (monotonic reads at risk)."),
     "epoch_changes": ("writethrough_epoch_changes",
                       "Database epoch changes seen (a restore, a failover, a truncated table)."),
+    "epoch_bumps_on_evidence": ("writethrough_epoch_bumps_on_evidence",
+                                "Epochs bumped because the cache held a value newer than the "
+                                "database's row (the database went back)."),
 }
 LISTENER_METRICS: dict[str, tuple[str, str]] = {
     "applied": ("writethrough_listener_events_applied", "Change events applied and deleted."),
@@ -103,6 +106,10 @@ LISTENER_METRICS: dict[str, tuple[str, str]] = {
     "cache_errors": ("writethrough_listener_cache_errors", "Batches that failed on the cache."),
     "source_errors": ("writethrough_listener_source_errors", "Batches that failed on the database."),
     "reconnects": ("writethrough_listener_reconnects", "Database reconnects."),
+    "truncates": ("writethrough_listener_truncates",
+                  "TRUNCATEs seen (each bumped its namespace's epoch and flushed it)."),
+    "flushed": ("writethrough_listener_flushed",
+                "Cache entries removed after an epoch bump (TRUNCATE, re-created table)."),
 }
 BREAKER_STATES = ("closed", "open", "half_open")
 
