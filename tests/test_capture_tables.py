@@ -36,6 +36,7 @@ from writethrough.caches import open_cache
 from writethrough.caches.base import Cache
 from writethrough.capture import Keyspace, LogicalListener, TriggerListener, install
 from writethrough.capture.pg import PgTarget
+from writethrough.cli import main as cli_main
 from writethrough.epochs import split
 from writethrough.integrations.pending import row_value
 from writethrough.sources.registry import Verdict
@@ -300,3 +301,16 @@ def test_truncate_and_reinsert_a_store_reads_the_new_rows(captured: Captured,
         # the new epoch, reads the row and so learns the epoch.
         found = [store.get(str(k)) for k in (3, 4, 5, 1, 2)]
         assert [row and row["name"] for row in found] == [None, None, None, "new1", "new2"]
+
+
+def test_the_epoch_command_bumps_a_tables_namespace_without_claiming_it(
+        captured: Captured) -> None:
+    """``writethrough epoch --namespace`` (after a TRUNCATE by hand) opens no store: it
+    neither claims the namespace for the key-value table nor is refused."""
+    t = captured
+    with t.listener():
+        pass  # the namespace is the table's
+    before = t.epoch()
+    assert cli_main(["epoch", "--source", t.url, "--namespace", t.namespace, "--bump"]) == 0
+    assert t.epoch() > before
+    assert registry_row(t, t.namespace) == [(f"public.{t.name}", "id")]

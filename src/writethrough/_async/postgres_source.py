@@ -66,7 +66,8 @@ class AsyncPostgresSource:
     ``open()`` connects once (a bad DSN or a server that is down raises
     SourceUnavailable within ``connect_timeout`` seconds), creates the table or
     adopts it, claims the namespace for it in the registry (a namespace of another
-    table is refused: ``sources/registry.py``), and fills the pool. Each call borrows a pooled connection for one
+    table is refused: ``sources/registry.py``; ``claim=False`` for a tool that only
+    reads or bumps epochs), and fills the pool. Each call borrows a pooled connection for one
     statement.
     """
 
@@ -82,6 +83,7 @@ class AsyncPostgresSource:
         pool_max: int = 10,
         connect_timeout: int = 5,
         statement_timeout_ms: int = 5000,
+        claim: bool = True,
     ) -> None:
         validate(table, pool_min, pool_max, connect_timeout, statement_timeout_ms)
         try:
@@ -108,6 +110,7 @@ class AsyncPostgresSource:
         self._epochs_ready = False  # the epochs table exists: new connections check the server
         self._checking = False  # one background pool check at a time
         self.claim_verdict: Verdict | None = None  # what open() found in the registry
+        self.claims = claim  # False: an admin tool's connection (epochs), no store's
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
 
     async def open(self) -> None:
@@ -336,7 +339,8 @@ class AsyncPostgresSource:
                 f"table {self.table!r} on {self.where} has the wrong shape: "
                 f"{'; '.join(problems)}; use another table (?table=...)"
             )
-        await self._claim(conn, name["t"])
+        if self.claims:
+            await self._claim(conn, name["t"])
 
     async def _claim(self, conn: AsyncConnection, table: str) -> None:
         """Claim the namespace for this table, key column ``key`` (``sources/registry.py``):

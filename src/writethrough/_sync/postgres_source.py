@@ -67,7 +67,8 @@ class PostgresSource:
     ``open()`` connects once (a bad DSN or a server that is down raises
     SourceUnavailable within ``connect_timeout`` seconds), creates the table or
     adopts it, claims the namespace for it in the registry (a namespace of another
-    table is refused: ``sources/registry.py``), and fills the pool. Each call borrows a pooled connection for one
+    table is refused: ``sources/registry.py``; ``claim=False`` for a tool that only
+    reads or bumps epochs), and fills the pool. Each call borrows a pooled connection for one
     statement.
     """
 
@@ -83,6 +84,7 @@ class PostgresSource:
         pool_max: int = 10,
         connect_timeout: int = 5,
         statement_timeout_ms: int = 5000,
+        claim: bool = True,
     ) -> None:
         validate(table, pool_min, pool_max, connect_timeout, statement_timeout_ms)
         try:
@@ -109,6 +111,7 @@ class PostgresSource:
         self._epochs_ready = False  # the epochs table exists: new connections check the server
         self._checking = False  # one background pool check at a time
         self.claim_verdict: Verdict | None = None  # what open() found in the registry
+        self.claims = claim  # False: an admin tool's connection (epochs), no store's
         self._pool: ConnectionPool[Connection] | None = None
 
     def open(self) -> None:
@@ -337,7 +340,8 @@ class PostgresSource:
                 f"table {self.table!r} on {self.where} has the wrong shape: "
                 f"{'; '.join(problems)}; use another table (?table=...)"
             )
-        self._claim(conn, name["t"])
+        if self.claims:
+            self._claim(conn, name["t"])
 
     def _claim(self, conn: Connection, table: str) -> None:
         """Claim the namespace for this table, key column ``key`` (``sources/registry.py``):

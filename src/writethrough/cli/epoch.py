@@ -44,7 +44,8 @@ def add_epoch(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 def run_epoch(args: argparse.Namespace) -> int:
     """Run ``writethrough epoch``; return the exit code."""
-    source = open_source(args.source, namespace=args.namespace or "default")
+    # claim=False: the namespace may be a table's (this only reads or bumps its epoch)
+    source = open_source(args.source, namespace=args.namespace or "default", claim=False)
     try:
         source.open()
         if args.bump:

@@ -22,18 +22,21 @@ from .postgres_sql import DEFAULT_TABLE, LIBPQ_OPTIONS, OPTIONS, SSLMODES, map_e
 __all__ = ["AsyncPostgresSource", "PostgresSource", "async_from_url", "from_url", "map_error"]
 
 
-def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> PostgresSource:
-    """The sync source; it connects (and checks the server and the table) right away."""
+def from_url(url: ParsedURL, *, namespace: str, claim: bool = True,
+             **options: Any) -> PostgresSource:
+    """The sync source; it connects (and checks the server and the table) right away.
+    ``claim=False``: the namespace is not claimed (a tool that only handles epochs)."""
     conninfo, kwargs = _parse(url, options)
-    source = PostgresSource(conninfo, namespace=namespace, **kwargs)
+    source = PostgresSource(conninfo, namespace=namespace, claim=claim, **kwargs)
     source.open()
     return source
 
 
-def async_from_url(url: ParsedURL, *, namespace: str, **options: Any) -> AsyncPostgresSource:
+def async_from_url(url: ParsedURL, *, namespace: str, claim: bool = True,
+                   **options: Any) -> AsyncPostgresSource:
     """The asyncio source: settings are checked now, the server at ``await open()``."""
     conninfo, kwargs = _parse(url, options)
-    return AsyncPostgresSource(conninfo, namespace=namespace, **kwargs)
+    return AsyncPostgresSource(conninfo, namespace=namespace, claim=claim, **kwargs)
 
 
 def _parse(url: ParsedURL, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -67,6 +67,7 @@ class SQLiteSource:
         table: str = DEFAULT_TABLE,
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
+        claim: bool = True,
     ) -> None:
         if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise ConfigError(f"table name {table!r} is not a plain SQL identifier")
@@ -85,6 +86,7 @@ class SQLiteSource:
         self._shared_lock = threading.Lock() if path == ":memory:" else None
         self._closed = False
         self.claim_verdict: Verdict | None = None  # what the registry said (constructor)
+        self.claims = claim  # False: an admin tool's connection (epochs), no store's
         t = table
         # Every statement also returns the namespace's epoch (see ``epochs``): versions
         # handed to the cache are epoch * 10**19 + the row's own.
@@ -265,6 +267,8 @@ class SQLiteSource:
             )
         # The namespace holds this table's rows (key column "key"); another table's
         # namespace is refused (sources/registry.py).
+        if not self.claims:
+            return
         present = [(str(r[1]), str(r[2]).lower()) for r in conn.execute(f"PRAGMA table_info({self.table})")]
         wanted = Claim(self.namespace, self.table, "key", None, signature(present))
         self.claim_verdict, _ = claim_sqlite_namespace(conn, wanted)
@@ -393,9 +397,12 @@ def _map_error(exc: sqlite3.Error, path: str) -> SourceError:
     return SourceError(f"SQLite error on {path}: {text}")
 
 
-def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
-    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``."""
-    return SQLiteSource(url.path, namespace=namespace, **checked_options(url, **options))
+def from_url(url: ParsedURL, *, namespace: str, claim: bool = True,
+             **options: Any) -> SQLiteSource:
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``.
+    ``claim=False``: the namespace is not claimed (a tool that only handles epochs)."""
+    return SQLiteSource(url.path, namespace=namespace, claim=claim,
+                        **checked_options(url, **options))
 
 
 def checked_options(url: ParsedURL, **options: Any) -> dict[str, Any]:
