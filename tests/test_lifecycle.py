@@ -140,3 +140,13 @@ def test_writethrough_table_command(postgres_srv: PostgresServer, redis_srv: Red
         assert f"-> public.{t.name} (key id), epoch " in capsys.readouterr().out
         assert cli_main(["table", "check", *common[:-1], "other-ns", "--table", "nope"]) == 2
         assert "no table 'nope'" in capsys.readouterr().err
+        # the namespace is this table's: another table is refused until it is released
+        with pg_table(postgres_srv.url) as other:
+            moved = [*common[:4], "--table", other.name, "--key-column", "id",
+                     "--namespace", t.namespace]
+            assert cli_main(["table", "check", *moved]) == 2
+            assert "holds rows of table" in capsys.readouterr().err
+            assert cli_main(["table", "flush", *common, "--release"]) == 0
+            assert "released" in capsys.readouterr().out
+            assert cli_main(["table", "check", *moved]) == 0
+            assert f"-> public.{other.name} (key id)" in capsys.readouterr().out

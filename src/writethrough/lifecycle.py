@@ -91,22 +91,30 @@ def backfill(store: Any, *, batch: int = 500, lease_ttl: float = 5.0) -> Backfil
     return BackfillReport(rows, filled, cached, skipped)
 
 
-def flush(store: Any, *, bump_epoch: bool = True) -> int:
+def flush(store: Any, *, bump_epoch: bool = True, release: bool = False) -> int:
     """Remove every cache entry of the store's namespace; returns how many keys.
 
     With ``bump_epoch`` (table stores), the namespace's epoch goes up first, so rows read
-    from now on carry versions above every entry written before.
+    from now on carry versions above every entry written before. With ``release`` (table
+    stores), the namespace's claim is then forgotten: another table may claim it, and
+    nothing of this one is served under it (epoch bumped, entries gone).
     """
-    if bump_epoch and hasattr(store.source, "bump_epoch"):
-        store.source.bump_epoch("flushed")
-    return _flush_cache(store.cache, f"wt:{store.namespace}:")
+    if (bump_epoch or release) and hasattr(store.source, "bump_epoch"):
+        store.source.bump_epoch("released" if release else "flushed")
+    removed = _flush_cache(store.cache, f"wt:{store.namespace}:")
+    if release:
+        store.source.release()
+    return removed
 
 
-async def aflush(store: Any, *, bump_epoch: bool = True) -> int:
+async def aflush(store: Any, *, bump_epoch: bool = True, release: bool = False) -> int:
     """:func:`flush` for an AsyncStore."""
-    if bump_epoch and hasattr(store.source, "bump_epoch"):
-        await store.source.bump_epoch("flushed")
-    return await _aflush_cache(store.cache, f"wt:{store.namespace}:")
+    if (bump_epoch or release) and hasattr(store.source, "bump_epoch"):
+        await store.source.bump_epoch("released" if release else "flushed")
+    removed = await _aflush_cache(store.cache, f"wt:{store.namespace}:")
+    if release:
+        await store.source.release()
+    return removed
 
 
 def truncated(store: Any) -> int:

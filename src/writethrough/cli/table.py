@@ -3,6 +3,7 @@
     $ writethrough table backfill --source postgresql://app@db/app --cache redis://cache:6379/0 \\
           --table users --key-column id --namespace users
     $ writethrough table flush ...      # remove every entry of the namespace, bump its epoch
+    $ writethrough table flush --release ...  # and forget it is this table's namespace
     $ writethrough table check ...      # which table the namespace belongs to; its epoch
 
 ``backfill`` publishes every row (after install, after a migration) under fill leases, so a
@@ -37,6 +38,9 @@ def add_table(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--columns", help="comma list of cached columns (default: the row)")
     parser.add_argument("--batch", type=int_at_least(1), default=500,
                         help="rows per backfill batch (500)")
+    parser.add_argument("--release", action="store_true",
+                        help="with flush: also forget that the namespace belongs to this "
+                        "table, so another table may claim it")
     return parser
 
 
@@ -56,9 +60,10 @@ def run_table(args: argparse.Namespace) -> int:
                       f"{report.rows:,} row(s), {report.filled:,} filled, {report.cached:,} "
                       f"already cached, {report.skipped:,} skipped (busy or changed meanwhile)")
         elif args.action == "flush":
-            removed = lifecycle.flush(store)
+            removed = lifecycle.flush(store, release=args.release)
             out.print(f"flushed {removed:,} key(s) of namespace {args.namespace!r}; epoch now "
-                      f"{store.source.last_epoch}")
+                      f"{store.source.last_epoch}"
+                      f"{'; released (another table may claim it)' if args.release else ''}")
         else:
             out.print(f"namespace {args.namespace!r} -> {store.source.claim.table} "
                       f"(key {store.source.claim.key_column}), epoch {store.source.last_epoch}"
