@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .caches import open_async_cache, open_cache
+from .caches import open_cache
 from .core import Durability
 from .errors import (
     CacheError,
@@ -33,9 +32,8 @@ from .errors import (
 from .protocol import OnEmpty
 from .repair import RetryPolicy
 from .serializers import BytesSerializer, JSONSerializer, Serializer
-from .sources import open_async_source, open_source
+from .sources import open_source
 from .store import (
-    AsyncStore,
     CacheOutcome,
     ProtocolName,
     Settings,
@@ -46,8 +44,12 @@ from .store import (
     WriteResult,
 )
 
+if TYPE_CHECKING:
+    from ._async.store import AsyncStore
+
 __version__ = "0.1.0"
-_NAMESPACE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Checked without ``re`` (not imported by ``import writethrough``: ~5 ms).
+_NAMESPACE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def open(  # the public name the API promises (shadows the builtin inside this module only)
@@ -155,6 +157,10 @@ def open_async(
             await store.put("user:42", {...})
         # or: store = await writethrough.open_async(...); ...; await store.close()
     """
+    from ._async.store import AsyncStore
+    from .caches import open_async_cache
+    from .sources import open_async_source
+
     settings = _settings(locals())
     opened_cache = open_async_cache(cache, **(cache_options or {}))
     opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
@@ -187,9 +193,22 @@ class AsyncOpener:
         await self.store.close()
 
 
+def __getattr__(name: str) -> Any:
+    """``AsyncStore`` on first use: ``import writethrough`` for the sync API imports no asyncio."""
+    if name == "AsyncStore":
+        from ._async.store import AsyncStore
+
+        return AsyncStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _settings(given: dict[str, Any]) -> Settings:
     namespace = given["namespace"]
-    if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
+    if (
+        not isinstance(namespace, str)
+        or not 1 <= len(namespace) <= 64
+        or not _NAMESPACE_CHARS.issuperset(namespace)
+    ):
         raise ConfigError(
             f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
         )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-import orjson
-
 from .errors import InvalidValueError
 
 
@@ -28,14 +26,22 @@ class JSONSerializer:
 
     name = "json"
 
+    def __init__(self) -> None:
+        # Imported here, not at module level: orjson imports json, uuid and datetime
+        # (~10 ms), and ``import writethrough`` stays cheap until a store is made.
+        import orjson
+
+        self._dumps = orjson.dumps
+        self._loads = orjson.loads
+
     def dumps(self, value: Any) -> bytes:
         try:
-            return orjson.dumps(value)
+            return self._dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise InvalidValueError(f"value is not JSON-serializable: {exc}") from None
 
     def loads(self, data: bytes) -> Any:
-        return orjson.loads(data)
+        return self._loads(data)
 
 
 class BytesSerializer:
