@@ -133,3 +133,33 @@ def test_reading_a_missing_key_returns_the_default(make_any_store: MakeStore, st
     assert store.get("never") is None
     assert store.get("never", 0) == 0
     assert store.get_versioned("never") is None
+
+
+def test_apply_write_keeps_the_cache_current_for_a_write_the_application_committed(
+    make_any_store: MakeStore,
+) -> None:
+    store = make_any_store(strategy="write-through")
+    warm(store, "k", {"v": 1})
+    # The application wrote version 7 of the row in its own transaction (say, an ORM).
+    result = store.apply_write("k", 7, {"v": 7})
+    assert (result.version, result.cache) == (7, CacheOutcome.UPDATED)
+    assert store.get_versioned("k") == writethrough.Versioned({"v": 7}, 7)
+    # A late, older after-commit call never goes back.
+    late = store.apply_write("k", 5, {"v": 5})
+    assert late.cache is CacheOutcome.UPDATED  # superseded: the key holds a newer version
+    assert store.get_versioned("k") == writethrough.Versioned({"v": 7}, 7)
+    gone = store.apply_delete("k", 8)
+    assert gone.cache is CacheOutcome.INVALIDATED
+    assert store.stats.source_writes == 1, "apply_* never write the database"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1 << 63, True, 1.0, "3", None])
+def test_apply_write_refuses_a_version_the_database_could_not_have_given(
+    make_store: MakeStore, bad: object
+) -> None:
+    store = make_store()
+    with pytest.raises(writethrough.InvalidVersionError):
+        store.apply_write("k", bad, 1)  # type: ignore[arg-type]
+    with pytest.raises(writethrough.InvalidVersionError):
+        store.apply_delete("k", bad)  # type: ignore[arg-type]
+    assert store.stats.cache_writes == 0

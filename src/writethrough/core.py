@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError, InvalidKeyError
+from .errors import ConfigError, InvalidKeyError, InvalidVersionError
 from .protocol import Kind, OnEmpty, WriteOutcome
 from .repair import RetryPolicy
 
@@ -168,6 +168,18 @@ def check_key(key: object, max_key_bytes: int) -> str:
     if size > max_key_bytes:
         raise InvalidKeyError(f"key is {size} UTF-8 bytes; the limit is {max_key_bytes}")
     return key
+
+
+MAX_ROW_VERSION = (1 << 63) - 1  # a PostgreSQL bigint; SQLite's INTEGER is the same
+
+
+def check_version(version: object) -> int:
+    """Return ``version`` if it is a row version the database could have given, else raise."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise InvalidVersionError(f"version must be an int, not {type(version).__name__}")
+    if not 1 <= version <= MAX_ROW_VERSION:
+        raise InvalidVersionError(f"version must be in [1, 2**63 - 1], got {version}")
+    return version
 
 
 def public_outcome(outcome: WriteOutcome, kind: Kind) -> CacheOutcome:

@@ -8,6 +8,7 @@ driver classes.
     ├── ConfigError            bad URL, unknown scheme or strategy, ttl <= 0 ...
     ├── InvalidKeyError        wrong type, empty, too long          (also TypeError/ValueError)
     ├── InvalidValueError      not serializable, too large           (also TypeError/ValueError)
+    ├── InvalidVersionError    a version that is not a database row version (ValueError)
     ├── SourceError            the database failed; nothing was written to the cache
     │   ├── SourceUnavailable  cannot connect / open
     │   ├── SourceTimeout
@@ -36,6 +37,10 @@ class InvalidKeyError(WritethroughError, ValueError):
 
 class InvalidValueError(WritethroughError, ValueError):
     """The value cannot be serialized, or is larger than allowed."""
+
+
+class InvalidVersionError(WritethroughError, ValueError):
+    """A version passed to the store is not an int in [1, 2**63 - 1]."""
 
 
 class SourceError(WritethroughError):

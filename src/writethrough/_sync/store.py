@@ -23,6 +23,7 @@ from ..core import (
     Versioned,
     WriteResult,
     check_key,
+    check_version,
     public_outcome,
 )
 from ..errors import CacheError, ConfigError, InvalidValueError
@@ -83,6 +84,7 @@ class Store:
         self._max_key = self.settings.max_key_bytes
         self._random = random.Random()
         self._versioned = self.settings.protocol == "versioned"
+        self._write_kind = Kind.VALUE if self.settings.strategy == "write-through" else Kind.TOMBSTONE
         self._worker: RepairWorker | None = None
         if repair_worker and self._versioned:
             self._worker = RepairWorker(self.repair_once, self.settings.repair_interval)
@@ -296,19 +298,39 @@ class Store:
         caller is cancelled.
         """
         ckey = self._cache_key(key)
-        payload = self.serializer.dumps(value)
-        if len(payload) > self.settings.max_value_bytes:
-            raise InvalidValueError(
-                f"value is {len(payload)} bytes serialized; the limit is "
-                f"{self.settings.max_value_bytes} (max_value_bytes)"
-            )
-        kind = Kind.VALUE if self.settings.strategy == "write-through" else Kind.TOMBSTONE
-        return shielded(self._write(key, ckey, kind, payload))
+        payload = self._dumps(value)
+        return shielded(self._write(key, ckey, self._write_kind, payload))
 
     def delete(self, key: str) -> WriteResult:
         """Delete ``key`` in the database (the delete gets its own version), then the cache."""
         ckey = self._cache_key(key)
         return shielded(self._write(key, ckey, Kind.TOMBSTONE, None))
+
+    def apply_write(self, key: str, version: int, value: Any) -> WriteResult:
+        """The application committed ``value`` as ``version`` of ``key`` itself: update the cache.
+
+        For writes the library did not make (an ORM session, a raw SQL transaction): call
+        it right after the COMMIT, with the version the database gave the committed row
+        (``RETURNING version``, the ORM's fetched version counter) -- never one the
+        application made up. Runs the same cache step as :meth:`put`: conditional
+        versioned write, failure ladder, repair record, read-your-writes.
+        """
+        ckey = self._cache_key(key)
+        checked = check_version(version)
+        payload = self._dumps(value)
+        return shielded(self._cache_step(key, ckey, self._write_kind, checked, payload))
+
+    def apply_delete(self, key: str, version: int) -> WriteResult:
+        """The application deleted ``key`` itself; ``version`` is the delete's (see :meth:`apply_write`)."""
+        ckey = self._cache_key(key)
+        checked = check_version(version)
+        return shielded(self._cache_step(key, ckey, Kind.TOMBSTONE, checked, b""))
+
+    def _cache_step(self, key: str, ckey: str, kind: Kind, version: int, payload: bytes) -> WriteResult:
+        data = payload if kind is _VALUE else b""
+        if not self._versioned:
+            return WriteResult(key, version, self._naive_write(ckey, kind, version, data))
+        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data))
 
     def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
         outbox_ids: tuple[int, ...] = ()
@@ -437,6 +459,15 @@ class Store:
         return len(finished)
 
     # -- helpers -----------------------------------------------------------------
+
+    def _dumps(self, value: Any) -> bytes:
+        payload = self.serializer.dumps(value)
+        if len(payload) > self.settings.max_value_bytes:
+            raise InvalidValueError(
+                f"value is {len(payload)} bytes serialized; the limit is "
+                f"{self.settings.max_value_bytes} (max_value_bytes)"
+            )
+        return payload
 
     def _cache_key(self, key: object) -> str:
         return self._prefix + check_key(key, self._max_key)
