@@ -1,0 +1,403 @@
+"""The sync rows: get hit, put (both strategies), Redis calls per put+get, 100 keys, thread herd.
+
+Each function takes the run's :class:`Context` and returns one :class:`Row` (or
+several, for the put rows with and without added DB latency).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import orjson
+
+import writethrough
+
+from ..dblatency import DelayedSource, db_latency
+from .context import Context
+from .model import Measure, Row, interleave, percentile, sample_latencies, timed_measures
+from .peers import dogpile_region, missing
+
+PROFILE = {"name": "Alice", "balance": 400, "email": "alice@example.com", "tags": ["a", "b"]}
+# Roomy client timeouts on both sides: a timeout on a busy 2-core machine is not what
+# these rows measure (the store would fall back to the DB and the figure would lie).
+ROOMY = "socket_timeout=1&socket_connect_timeout=1"
+HERD_DB_MS = 20.0
+
+
+def roomy(url: str) -> str:
+    return url + ("&" if "?" in url else "?") + ROOMY
+
+
+def na_row(key: str, path: str, goal: str, why: str) -> Row:
+    return Row(key, path, Measure("baseline", note=why), [], goal, None, detail=why)
+
+
+@contextlib.contextmanager
+def _raw_redis(url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _verdict(measure: Measure, limit: float, higher_is_better: bool = False) -> bool | None:
+    if measure.ratio is None or measure.ratio != measure.ratio:
+        return None
+    return measure.ratio >= limit if higher_is_better else measure.ratio <= limit
+
+
+# -- get hit -----------------------------------------------------------------------
+
+
+def get_hit(ctx: Context) -> Row:
+    key, path, goal = "get_hit", "sync `get` hit vs raw redis-py GET + orjson.loads", "<= 1.05x"
+    if ctx.redis_url is None:
+        return na_row(key, path, goal, ctx.redis_note)
+    n, reps = ctx.config.n(2000, 10000), ctx.config.reps
+    ctx.start(path, reps + 2)
+    raw_key = f"bench:{ctx.run_id}:raw:user:42"
+    with _raw_redis(ctx.redis_url) as raw, writethrough.open(
+        source=ctx.sqlite_url("get"), cache=roomy(ctx.redis_url), namespace=ctx.namespace("get")
+    ) as store:
+        raw.set(raw_key, orjson.dumps(PROFILE), px=600_000)
+        store.put("user:42", PROFILE)
+        store.get("user:42")  # the fill: from now on every get is a hit
+        hits0 = store.stats.hits
+        assert store.get("user:42") == PROFILE and store.stats.hits == hits0 + 1
+        contenders: dict[str, Callable[[], object]] = {
+            "raw redis-py": lambda: orjson.loads(raw.get(raw_key)),
+            "writethrough": lambda: store.get("user:42"),
+        }
+        note = missing("dogpile.cache")
+        if note is None:
+            region = dogpile_region(ctx.redis_url)
+            region.set(f"bench:{ctx.run_id}:dogpile:user:42", PROFILE)
+            dkey = f"bench:{ctx.run_id}:dogpile:user:42"
+            assert region.get(dkey) == PROFILE
+            contenders["dogpile.cache"] = lambda: region.get(dkey)
+        timed = interleave(contenders, n, reps, ctx.tick)
+        samples = sample_latencies(contenders, ctx.config.n(1000, 3000))
+        ctx.tick()
+        failures = store.stats.cache_read_failures
+    base, others = timed_measures(timed, "raw redis-py")
+    if note is not None:
+        others.append(Measure("dogpile.cache", note=note))
+    ours = others[0]
+    detail = f"{n:,} gets per repetition, {reps} repetitions; cache read failures: {failures}."
+    return Row(key, path, base, others, goal, _verdict(ours, 1.05), detail, samples)
+
+
+# -- put -----------------------------------------------------------------------------
+
+
+def put_rows(ctx: Context) -> list[Row]:
+    """put write-through vs raw UPSERT ... RETURNING + SET EX; put invalidate vs raw UPSERT + DEL.
+
+    Both without added DB latency and, when ``db_latency_ms`` > 0, with it."""
+    rows: list[Row] = []
+    latencies = [0.0] + ([ctx.config.db_latency_ms] if ctx.config.db_latency_ms else [])
+    for ms in latencies:
+        for strategy in ("write-through", "invalidate"):
+            rows.append(_put_row(ctx, strategy, ms))
+    return rows
+
+
+def _put_row(ctx: Context, strategy: str, ms: float) -> Row:
+    raw_cache = "SET EX" if strategy == "write-through" else "DEL"
+    suffix = f", +{ms:g} ms DB round trip" if ms else ""
+    key = f"put_{strategy.replace('-', '_')}" + (f"_db{ms:g}ms" if ms else "")
+    path = f"`put` {strategy} vs raw UPSERT…RETURNING + {raw_cache}{suffix}"
+    goal = "<= 1.05x"
+    if ctx.redis_url is None or ctx.postgres_url is None:
+        return na_row(key, path, goal, ctx.redis_note or ctx.postgres_note)
+    import psycopg
+
+    n = ctx.config.n(300, 1500) if not ms else ctx.config.n(60, 300)
+    reps = ctx.config.reps if not ms else max(3, ctx.config.reps // 2)
+    ctx.start(path, reps + 2)
+    table = f"wt_bench_raw_{ctx.run_id}"
+    payload_key = itertools.cycle([f"user:{i}" for i in range(100)])
+    with db_latency(ctx.postgres_url, ms) as delayed, _raw_redis(ctx.redis_url) as raw, \
+            psycopg.connect(delayed.url, autocommit=True) as conn, writethrough.open(
+                source=delayed.url, cache=roomy(ctx.redis_url), strategy=strategy,  # type: ignore[arg-type]
+                namespace=ctx.namespace(f"put{strategy}{ms:g}"),
+            ) as store:  # fmt: skip
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (namespace text, key text, value bytea, "
+            "version bigint NOT NULL, PRIMARY KEY (namespace, key))"
+        )
+        upsert = (
+            f"INSERT INTO {table} (namespace, key, value, version) VALUES (%s, %s, %s, 1) "
+            f"ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
+            f"version = {table}.version + 1 RETURNING version"
+        )
+        rkey = itertools.cycle([f"bench:{ctx.run_id}:raw:user:{i}" for i in range(100)])
+
+        def raw_put() -> None:
+            k = next(rkey)
+            payload = orjson.dumps(PROFILE)
+            version = conn.execute(upsert, ("raw", k, payload), prepare=True).fetchone()
+            assert version is not None
+            if strategy == "write-through":
+                raw.set(k, payload, ex=300)
+            else:
+                raw.delete(k)
+
+        for i in range(100):  # every key in the DB and cached (a value, not a tombstone)
+            store.put(f"user:{i}", PROFILE)
+            store.get(f"user:{i}")
+        try:
+            contenders: dict[str, Callable[[], object]] = {
+                "raw": raw_put,
+                "writethrough": lambda: store.put(next(payload_key), PROFILE),
+            }
+            timed = interleave(contenders, n, reps, ctx.tick)
+            samples = sample_latencies(contenders, ctx.config.n(150, 600) if not ms else 50)
+            ctx.tick()
+        finally:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        outcomes = store.stats.snapshot()
+    base, others = timed_measures(timed, "raw")
+    base.name = f"raw UPSERT + {raw_cache}"
+    detail = (
+        f"{n:,} puts per repetition over 100 warm keys, {reps} repetitions; "
+        f"{delayed.describe()}; store cache writes {outcomes['cache_writes']:,}, "
+        f"failures {outcomes['cache_write_failures']}."
+    )
+    return Row(key, path, base, others, goal, _verdict(others[0], 1.05), detail, samples)
+
+
+# -- Redis calls per put+get pair ---------------------------------------------------------
+
+
+class _Counted:
+    """Counts the commands a redis-py client sends (every command goes through execute_command)."""
+
+    def __init__(self, client: Any) -> None:
+        self.calls = 0
+        real = client.execute_command
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        client.execute_command = counted
+
+
+def redis_calls(ctx: Context) -> Row:
+    key, goal = "redis_calls", "3"
+    path = "invalidate read-after-write: Redis calls per put+get pair"
+    if ctx.redis_url is None:
+        return na_row(key, path, goal, ctx.redis_note)
+    pairs = ctx.config.n(100, 500)
+    ctx.start(path, 3)
+    found: dict[str, float] = {}
+    for strategy in ("invalidate", "write-through"):
+        with writethrough.open(
+            source=ctx.sqlite_url(f"calls{strategy}"), cache=roomy(ctx.redis_url),
+            strategy=strategy,
+            namespace=ctx.namespace(f"calls{strategy}"), repair_worker=False,
+        ) as store:  # fmt: skip
+            client = getattr(store.cache, "client", None)
+            if client is None:
+                return na_row(key, path, goal, f"cache {store.cache.name} has no redis-py client")
+            for i in range(pairs):  # warm: in the DB and cached
+                store.put(f"k{i}", {"i": i})
+                store.get(f"k{i}")
+            counter = _Counted(client)
+            for i in range(pairs):
+                store.put(f"k{i}", {"i": i, "again": True})
+                assert store.get(f"k{i}") == {"i": i, "again": True}
+            found[strategy] = counter.calls / pairs
+        ctx.tick()
+    with _raw_redis(ctx.redis_url) as raw:
+        counter = _Counted(raw)
+        db: dict[str, bytes] = {}
+        for i in range(pairs):  # cache-aside: DEL on write; GET, miss, load, SET on read
+            k = f"bench:{ctx.run_id}:aside:{i}"
+            db[k] = orjson.dumps({"i": i})
+            raw.delete(k)
+            if raw.get(k) is None:
+                raw.set(k, db[k], ex=300)
+        aside = counter.calls / pairs
+    ctx.tick()
+    ours = Measure("writethrough invalidate", found["invalidate"], "calls")
+    through = Measure("writethrough write-through", found["write-through"], "calls")
+    base = Measure("raw cache-aside (DEL; GET, SET)", aside, "calls")
+    ours.ratio, through.ratio = ours.value / aside, through.value / aside  # type: ignore[operator]
+    detail = (
+        f"{pairs:,} put+get pairs on warm keys; commands counted at the redis-py client "
+        "(every command, EVALSHA included, goes through execute_command)."
+    )
+    return Row(key, path, base, [ours, through], goal, found["invalidate"] <= 3, detail)
+
+
+# -- 100 keys ---------------------------------------------------------------------------
+
+
+def read_many(ctx: Context) -> Row:
+    key, goal = "read_100", "<= 2x MGET per key"
+    path = "100 keys read (µs per key)"
+    if ctx.redis_url is None:
+        return na_row(key, path, goal, ctx.redis_note)
+    n, reps = ctx.config.n(20, 100), ctx.config.reps
+    ctx.start(path, reps + 1)
+    keys = [f"user:{i}" for i in range(100)]
+    raw_keys = [f"bench:{ctx.run_id}:many:{k}" for k in keys]
+    with _raw_redis(ctx.redis_url) as raw, writethrough.open(
+        source=ctx.sqlite_url("many"), cache=roomy(ctx.redis_url), namespace=ctx.namespace("many")
+    ) as store:
+        raw.mset({k: orjson.dumps(PROFILE) for k in raw_keys})
+        for k in keys:
+            store.put(k, PROFILE)
+            store.get(k)
+        loads = orjson.loads
+        contenders: dict[str, Callable[[], object]] = {
+            "raw MGET": lambda: [loads(v) for v in raw.mget(raw_keys)],
+            "writethrough get loop": lambda: [store.get(k) for k in keys],
+        }
+        get_many = getattr(store, "get_many", None)
+        if get_many is not None:
+            contenders["writethrough get_many"] = lambda: get_many(keys)
+        note = missing("dogpile.cache")
+        if note is None:
+            region = dogpile_region(ctx.redis_url)
+            dkeys = [f"bench:{ctx.run_id}:dogmany:{k}" for k in keys]
+            region.set_multi(dict.fromkeys(dkeys, PROFILE))
+            contenders["dogpile.cache get_multi"] = lambda: region.get_multi(dkeys)
+        timed = interleave(contenders, n, reps, ctx.tick)
+    base, others = timed_measures(timed, "raw MGET", unit="µs/key")
+    for m in [base, *others]:
+        m.value = None if m.value is None else m.value / 100
+        m.cpu_us = None if m.cpu_us is None else m.cpu_us / 100
+    if get_many is None:
+        others.insert(1, Measure("writethrough get_many", note="n/a (not implemented)"))
+    if note is not None:
+        others.append(Measure("dogpile.cache get_multi", note=note))
+    best = others[1] if get_many is not None else others[0]
+    detail = f"{n} reads of 100 keys per repetition, {reps} repetitions; figures per key."
+    return Row(key, path, base, others, goal, _verdict(best, 2.0), detail)
+
+
+# -- herd, threads --------------------------------------------------------------------------
+
+
+def herd_threads(ctx: Context) -> Row:
+    key, goal = "herd_threads", "1 load every round, p99 <= dogpile"
+    path = f"herd, 200 threads, one cold key, {HERD_DB_MS:g} ms DB read"
+    if ctx.redis_url is None:
+        return na_row(key, path, goal, ctx.redis_note)
+    rounds, threads = ctx.config.n(2, 5), 200
+    ctx.start(path, rounds * 2)
+    ours_loads: list[int] = []
+    ours_p99: list[float] = []
+    peer_loads: list[int] = []
+    peer_p99: list[float] = []
+    all_ours: list[float] = []
+    all_peer: list[float] = []
+    note = missing("dogpile.cache")
+    rtt = _redis_rtt_ms(ctx.redis_url)
+    with writethrough.open(
+        source=ctx.sqlite_url("herdthreads"), cache=roomy(ctx.redis_url),
+        namespace=ctx.namespace("herdthreads"), cache_options={"max_connections": threads + 8},
+    ) as store:  # fmt: skip
+        delayed = DelayedSource(store.source, HERD_DB_MS / 1000)
+        for r in range(rounds):
+            hot = f"hot{r}"
+            store.put(hot, PROFILE)
+            store.cache.delete(f"wt:{store.namespace}:{hot}")  # cold: nothing cached
+            store.source = delayed
+            before = delayed.calls
+            lat = _in_threads(threads, lambda hot=hot: store.get(hot))  # type: ignore[misc]
+            store.source = delayed.inner
+            ours_loads.append(delayed.calls - before)
+            ours_p99.append(percentile(lat, 99))
+            all_ours += lat
+            ctx.tick()
+            if note is None:
+                loads, load = _dogpile_loader(ctx.redis_url, f"bench:{ctx.run_id}:dogherd:{r}")
+                lat = _in_threads(threads, load)
+                peer_loads.append(loads[0])
+                peer_p99.append(percentile(lat, 99))
+                all_peer += lat
+            ctx.tick()
+    ideal = HERD_DB_MS + rtt
+    base = Measure("one DB read + one round trip", ideal, "ms")
+    ours = Measure("writethrough", statistics.median(ours_p99), "ms p99",
+                   extra={"loads_per_round": ours_loads, "p99_ms_per_round": ours_p99})  # fmt: skip
+    ours.ratio = ours.value / ideal  # type: ignore[operator]
+    contenders = [ours]
+    met: bool | None = all(n == 1 for n in ours_loads)
+    if note is None:
+        peer = Measure("dogpile.cache", statistics.median(peer_p99), "ms p99",
+                       extra={"loads_per_round": peer_loads, "p99_ms_per_round": peer_p99})  # fmt: skip
+        peer.ratio = peer.value / ideal  # type: ignore[operator]
+        contenders.append(peer)
+        met = met and ours.value <= peer.value  # type: ignore[operator]
+    else:
+        contenders.append(Measure("dogpile.cache", note=note))
+    detail = (
+        f"{rounds} rounds; DB loads per round: writethrough {ours_loads}"
+        + (f", dogpile.cache {peer_loads}" if note is None else "")
+        + f"; p99 per round (ms): writethrough {[round(x, 1) for x in ours_p99]}"
+        + (f", dogpile.cache {[round(x, 1) for x in peer_p99]}" if note is None else "")
+        + f"; Redis round trip {rtt:.3f} ms."
+    )
+    samples = {"writethrough": [x * 1000 for x in all_ours]}
+    if all_peer:
+        samples["dogpile.cache"] = [x * 1000 for x in all_peer]
+    return Row(key, path, base, contenders, goal, met, detail, samples)
+
+
+def _dogpile_loader(redis_url: str, key: str) -> tuple[list[int], Callable[[], object]]:
+    """dogpile.cache's get_or_create of ``key`` with a loader of HERD_DB_MS, counting loads."""
+    region = dogpile_region(redis_url)
+    loads = [0]
+
+    def create() -> Any:
+        loads[0] += 1
+        time.sleep(HERD_DB_MS / 1000)
+        return PROFILE
+
+    return loads, lambda: region.get_or_create(key, create)
+
+
+def _in_threads(threads: int, call: Callable[[], object]) -> list[float]:
+    """Latencies (ms) of ``threads`` threads calling ``call`` at once (a barrier)."""
+    barrier = threading.Barrier(threads)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        barrier.wait()
+        started = time.perf_counter()
+        call()
+        with lock:
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    pool = [threading.Thread(target=one) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return latencies
+
+
+def _redis_rtt_ms(url: str) -> float:
+    with _raw_redis(url) as raw:
+        raw.ping()
+        times = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            raw.ping()
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
