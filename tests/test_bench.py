@@ -82,7 +82,7 @@ def test_a_quick_run_measures_rows_and_writes_markdown_json_and_plots(
     markdown = (tmp_path / "report" / "README.md").read_text()
     table = markdown.split("## Rows")[0]
     assert "| path | baseline |" in table
-    assert sum(line.startswith("| ") for line in table.splitlines()) == 1 + len(report.rows)
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 2 + len(report.rows)  # header, rule, rows
     assert "redis-server" in markdown and "postgresql" in markdown  # versions are stated
     data = json.loads((tmp_path / "report" / "bench.json").read_text())
     assert {r["key"] for r in data["rows"]} == keys
