@@ -48,6 +48,7 @@ ROWS = {
     "herd_async": "herd of 1,000 asyncio tasks",
     "herd_threads": "herd of 200 threads",
     "memory_entry": "memory:// bytes per entry",
+    "near": "near cache: hit, and the staleness window across processes",
     "import": "import writethrough",
     "compare": "compare: DB queries per write per strategy, with and without the DB delay",
 }
@@ -97,6 +98,7 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> Report:
             ("herd_async", lambda: report.rows.append(cases_async.herd_async(ctx))),
             ("herd_threads", lambda: report.rows.append(cases_sync.herd_threads(ctx))),
             ("memory_entry", lambda: report.rows.append(cases_local.memory_per_entry(ctx))),
+            ("near", lambda: report.rows.append(cases_sync.near_cache(ctx))),
             ("import", lambda: report.rows.append(cases_local.import_time(ctx))),
             ("compare", lambda: _compare(ctx, report)),
         ]
