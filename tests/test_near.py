@@ -135,6 +135,24 @@ def test_a_read_racing_an_invalidation_does_not_fill_the_l1() -> None:
     coherence.end("k", g_old, old)
     assert coherence.lookup("k") == Entry.value(2, b"new")
     coherence.invalidate("k")
+    # Reads of a hot key that overlap without end still fill once the invalidation is
+    # behind them (only reads that began before it are spoiled).
+    spoiled = coherence.begin("h")
+    coherence.invalidate("h")
+    fresh = coherence.begin("h")
+    coherence.end("h", fresh, Entry.value(3, b"h3"))
+    assert coherence.lookup("h") == Entry.value(3, b"h3")
+    coherence.end("h", spoiled, Entry.value(2, b"h2"))
+    assert coherence.lookup("h") == Entry.value(3, b"h3")
+    # A spoiled read that saw a newer version than the L1 holds drops the older one
+    # (its caller must not read back in time next).
+    coherence.end("o", coherence.begin("o"), Entry.value(4, b"o4"))
+    late = coherence.begin("o")
+    coherence.invalidate("x")  # any invalidation after it began spoils nothing of "o"...
+    coherence.invalidate("o")  # ...this one does
+    coherence.end("o", coherence.begin("o"), Entry.value(4, b"o4"))  # refilled meanwhile
+    coherence.end("o", late, Entry.value(5, b"o5"))
+    assert coherence.lookup("o") is None
     # An undisturbed read fills; tombstones and leases never do.
     coherence.end("k", coherence.begin("k"), old)
     assert coherence.lookup("k") == old

@@ -62,7 +62,7 @@ def _probe(code: str, *args: str, importtime: bool = False) -> subprocess.Comple
 def memory_per_entry(ctx: Context) -> Row:
     key, goal = "memory_entry", "<= 400 B, max_bytes exact"
     path = "`memory://` bytes per 30-byte entry (RSS)"
-    n = ctx.config.n(30_000, 100_000)
+    n = ctx.config.n(20_000, 100_000)
     reps = 1 if ctx.config.quick else 3
     ctx.start(path, reps * 2)
     note = missing("cachetools")
@@ -97,7 +97,7 @@ def memory_per_entry(ctx: Context) -> Row:
 
 def import_time(ctx: Context) -> Row:
     key, goal, path = "import", "<= 50 ms for the sync API", "`import writethrough`"
-    runs = ctx.config.n(7, 21)
+    runs = ctx.config.n(5, 21)
     ctx.start(path, runs)
     cumulative: list[float] = []
     loaded: list[str] = []

@@ -62,7 +62,7 @@ def get_hit(ctx: Context) -> Row:
     key, path, goal = "get_hit", "sync `get` hit vs raw redis-py GET + orjson.loads", "<= 1.05x"
     if ctx.redis_url is None:
         return na_row(key, path, goal, ctx.redis_note)
-    n, reps = ctx.config.n(2000, 10000), ctx.config.reps
+    n, reps = ctx.config.n(1500, 10000), ctx.config.reps
     ctx.start(path, reps + 2)
     raw_key = f"bench:{ctx.run_id}:raw:user:42"
     with _raw_redis(ctx.redis_url) as raw, writethrough.open(
@@ -121,7 +121,7 @@ def _put_row(ctx: Context, strategy: str, ms: float) -> Row:
         return na_row(key, path, goal, ctx.redis_note or ctx.postgres_note)
     import psycopg
 
-    n = ctx.config.n(300, 1500) if not ms else ctx.config.n(60, 300)
+    n = ctx.config.n(200, 1500) if not ms else ctx.config.n(40, 300)
     reps = ctx.config.reps if not ms else max(3, ctx.config.reps // 2)
     ctx.start(path, reps + 2)
     table = f"wt_bench_raw_{ctx.run_id}"
@@ -412,9 +412,9 @@ def near_cache(ctx: Context) -> Row:
     path = "near cache (`redis://...?near=N`): `get` hit, and staleness across processes"
     if ctx.redis_url is None:
         return na_row(key, path, goal, ctx.redis_note)
-    n, reps = ctx.config.n(5000, 20000), ctx.config.reps
-    writes = ctx.config.n(200, 1000)
-    ctx.start(path, reps + 2 + 2 * (writes // 50))
+    n, reps = ctx.config.n(2000, 20000), ctx.config.reps
+    writes = ctx.config.n(30, 500)
+    ctx.start(path, reps + 2 + 2 * (writes // 10))
     namespace = ctx.namespace("near")
     source = ctx.sqlite_url("near")
     raw_key = f"bench:{ctx.run_id}:near:user:42"
@@ -536,7 +536,7 @@ def _staleness_windows(
             if not dropped.wait(5):
                 raise RuntimeError("the near cache never dropped the key after a write")
             windows.append(max(0.0, (when[0] - acked) * 1000))
-            if i % 50 == 49:
+            if i % 10 == 9:
                 ctx.tick()
     finally:
         coherence.on_invalidate = None
