@@ -1,8 +1,6 @@
-"""``writethrough install-triggers`` and ``writethrough listen``: the cache kept current
-from the database's own change events (plain SQL, other services, migrations).
+"""``writethrough listen``: the cache kept current from the database's own change events
+(plain SQL, other services, migrations), recorded by ``writethrough install-triggers``.
 
-    $ writethrough install-triggers --source postgresql://app@db/app \\
-          --table profiles --key-column id --namespace profiles
     $ writethrough listen --source postgresql://app@db/app --cache redis://cache:6379/0 \\
           --namespace profiles --table profiles --key-column id --strategy write-through
     $ writethrough listen ... --once        # apply what is queued, then exit
@@ -17,66 +15,14 @@ import argparse
 import signal
 import threading
 from types import FrameType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
+from .args import Subparsers, add_table_args, positive_float
+
 if TYPE_CHECKING:
-    from .events import Listener
-
-Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _table_args(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--source", required=True, help="postgresql://user@host:port/db")
-    add("--table", required=True, help="the table (name or schema.name; exact, case-sensitive)")
-    add("--key-column", required=True, help="its unique key column (cache key = its text)")
-    add("--namespace", required=True, help="cache namespace: entries are wt:<namespace>:<key>")
-    add("--version-column", default="version", help="bigint version column (version)")
-
-
-def add_install_triggers(subparsers: Subparsers) -> argparse.ArgumentParser:
-    """Register ``writethrough install-triggers``."""
-    parser = subparsers.add_parser(
-        "install-triggers",
-        help="record every committed change of a table as a versioned event (+ NOTIFY)",
-        description=(
-            "Install (or replace) triggers on TABLE that version each row (adding the version "
-            "column if missing) and record each committed insert, update and delete in "
-            "writethrough_events, waking listeners with pg_notify. Idempotent."
-        ),
-    )
-    _table_args(parser)
-    parser.add_argument("--uninstall", action="store_true",
-                        help="drop the triggers instead (keeps the version column)")
-    return parser
-
-
-def run_install_triggers(args: argparse.Namespace) -> int:
-    from .events import install_triggers, uninstall_triggers
-
-    out = Console(highlight=False, soft_wrap=True)
-    if args.uninstall:
-        had = uninstall_triggers(args.source, args.table)
-        out.print(f"triggers {'dropped from' if had else 'were not installed on'} {args.table}")
-        return 0
-    done = install_triggers(args.source, args.table, args.key_column, args.namespace,
-                            version_column=args.version_column)
-    added = " (added the column)" if done.added_version_column else ""
-    out.print(f"triggers installed on {done.table}: key {done.key_column}, version "
-              f"{done.version_column}{added}, namespace {done.namespace!r}")
-    return 0
+    from ..events import Listener
 
 
 def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -91,21 +37,21 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
             "listeners may run at once."
         ),
     )
-    _table_args(parser)
+    add_table_args(parser)
     add = parser.add_argument
     add("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
     add("--strategy", choices=("invalidate", "write-through"), default="invalidate",
         help="invalidate | write-through (invalidate)")
     add("--value-column", default=None, help="cache this column (as JSON), not the whole row")
-    add("--ttl", type=_positive_float, default=300.0, help="cache TTL in seconds (300)")
-    add("--poll-interval", type=_positive_float, default=1.0,
+    add("--ttl", type=positive_float, default=300.0, help="cache TTL in seconds (300)")
+    add("--poll-interval", type=positive_float, default=1.0,
         help="seconds between drains without a notification (1)")
     add("--once", action="store_true", help="apply what is queued, then exit")
     return parser
 
 
 def run_listen(args: argparse.Namespace) -> int:
-    from .events import Keyspace, Listener
+    from ..events import Keyspace, Listener
 
     space = Keyspace(args.namespace, args.table, args.key_column, args.strategy, ttl=args.ttl,
                      value_column=args.value_column, version_column=args.version_column)

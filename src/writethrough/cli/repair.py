@@ -19,10 +19,12 @@ from rich.console import Console
 
 import writethrough
 
-from .store import Store
+from ..store import Store
+from .args import Subparsers
 
 
-def add_repair(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """Register ``writethrough repair``."""
     parser = subparsers.add_parser(
         "repair",
         help="repair the cache from the durable outbox (writers with durability=outbox)",
@@ -39,6 +41,7 @@ def add_repair(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run_repair(args: argparse.Namespace) -> int:
+    """Run ``writethrough repair``; return the exit code."""
     console = Console(stderr=True, highlight=False)
     with writethrough.open(
         source=args.source, cache=args.cache, namespace=args.namespace,

@@ -34,8 +34,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .tools import chaos
-from .tools.chaos import (
+from ..tools import chaos
+from ..tools.chaos import (
     PROTOCOLS,
     SCENARIOS,
     ChaosResult,
@@ -43,7 +43,9 @@ from .tools.chaos import (
     ProtocolSpec,
     guarantee_held,
 )
-from .tools.checker import Report
+from ..tools.checker import Report
+from .args import Subparsers, int_at_least
+from .output import table_console
 
 EXIT_OK, EXIT_BROKEN = 0, 1
 PROTOCOL_NAMES = {p.label.replace(" ", "-"): p for p in PROTOCOLS}
@@ -65,17 +67,7 @@ def _protocols(text: str) -> tuple[ProtocolSpec, ...]:
     return tuple(p for p in PROTOCOLS if p in chosen)  # table order
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def add_chaos(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_chaos(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Register ``writethrough chaos``."""
     scenario_list = "\n".join(f"  {s.name:<21} {s.description}" for s in SCENARIOS)
     parser = subparsers.add_parser(
@@ -85,9 +77,9 @@ def add_chaos(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -
     add = parser.add_argument
     add("--scenario", action="append", metavar="NAME",
         help="a scenario, a comma list, or all (default); repeatable")
-    add("--ops", type=_count, default=20_000, help="ops per protocol, split over the scenarios (20000)")
-    add("--clients", type=_count, default=16, help="client threads per phase (16)")
-    add("--stores", type=_count, default=4,
+    add("--ops", type=int_at_least(1), default=20_000, help="ops per protocol, split over the scenarios (20000)")
+    add("--clients", type=int_at_least(1), default=16, help="client threads per phase (16)")
+    add("--stores", type=int_at_least(1), default=4,
         help="stores the clients share, as app processes sharing one cache would (4)")
     add("--source", default=None, help="source URL (default: a SQLite file in a temp dir, deleted after)")
     add("--cache", default="memory://", help="cache URL (memory://)")
@@ -157,9 +149,7 @@ def protocol_table(label: str, phases: Sequence[PhaseResult], total: Report) -> 
 
 
 def print_result(result: ChaosResult, history: str | None = None) -> None:
-    out = Console(highlight=False)
-    if not out.is_terminal:
-        out.width = max(out.width, 120)  # one table row per line in files and pipes
+    out = table_console(120)
     for p in result.protocols:
         ran = [ph for ph in result.phases if ph.protocol == p.protocol and ph.skipped is None]
         if ran:

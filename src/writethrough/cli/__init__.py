@@ -1,0 +1,76 @@
+"""The ``writethrough`` command: argument parsing and output only, one module per command.
+
+    $ writethrough compare --updates 5000 --keys 1000
+    $ writethrough chaos --scenario cache-timeout --json
+    $ writethrough listen --source postgresql://app@db/app --cache redis://cache:6379/0 ...
+
+Subcommands live in ``COMMANDS``: a name -> (add the parser, run it) pair. A new
+subcommand is a module ``cli/<name>.py`` with ``add_<name>(subparsers)`` and
+``run_<name>(args) -> int``, registered below. Shared argument types are in ``args``,
+output helpers in ``output``. Errors from the library print one red ``error: ...`` line
+on stderr and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import WritethroughError
+from .args import Adder, Runner
+from .chaos import add_chaos, run_chaos
+from .compare import add_compare, run_compare
+from .install_triggers import add_install_triggers, run_install_triggers
+from .listen import add_listen, run_listen
+from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
+from .repair import add_repair, run_repair
+
+COMMANDS: dict[str, tuple[Adder, Runner]] = {
+    "compare": (add_compare, run_compare),
+    "repair": (add_repair, run_repair),
+    "chaos": (add_chaos, run_chaos),
+    "install-triggers": (add_install_triggers, run_install_triggers),
+    "listen": (add_listen, run_listen),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser, one subparser per entry of ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="writethrough",
+        description="Keep a cache current on every database write: measure and check it.",
+    )
+    parser.add_argument("--version", action="version", version=f"writethrough {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name, (add, run) in COMMANDS.items():
+        add(subparsers).set_defaults(_run=run, _command=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``writethrough`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Runner | None = getattr(args, "_run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return run(args)
+    except WritethroughError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_INTERRUPTED
+
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Argument types and argument groups shared by the commands.
+
+Each type raises ``argparse.ArgumentTypeError``, so a bad value is a usage error (exit 2)
+with argparse's own message, before anything runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeAlias
+
+from ..store import STRATEGIES, Strategy
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Adder: TypeAlias = Callable[[Subparsers], argparse.ArgumentParser]
+Runner: TypeAlias = Callable[[argparse.Namespace], int]
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An integer >= ``low``; ``_`` separators allowed (``100_000``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def strategies(text: str) -> tuple[Strategy, ...]:
+    """A comma list of strategies, in the order given, repeats dropped."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in STRATEGIES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma list of {', '.join(STRATEGIES)}; got {text!r}"
+        )
+    chosen: list[Strategy] = []
+    for name in names:
+        chosen.extend(s for s in STRATEGIES if s == name and s not in chosen)
+    return tuple(chosen)
+
+
+def add_table_args(parser: argparse.ArgumentParser) -> None:
+    """``--source --table --key-column --namespace --version-column``: one of your tables."""
+    add = parser.add_argument
+    add("--source", required=True, help="postgresql://user@host:port/db")
+    add("--table", required=True, help="the table (name or schema.name; exact, case-sensitive)")
+    add("--key-column", required=True, help="its unique key column (cache key = its text)")
+    add("--namespace", required=True, help="cache namespace: entries are wt:<namespace>:<key>")
+    add("--version-column", default="version", help="bigint version column (version)")
