@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import WritethroughError
 from .args import Adder, Runner
+from .bench import add_bench, run_bench
 from .chaos import add_chaos, run_chaos
 from .compare import add_compare, run_compare
 from .install_triggers import add_install_triggers, run_install_triggers
@@ -33,6 +34,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "chaos": (add_chaos, run_chaos),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "bench": (add_bench, run_bench),
 }
 
 
