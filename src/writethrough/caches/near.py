@@ -207,13 +207,16 @@ class Tracker:
         if conn is not None:
             conn.disconnect()
 
-    def drain_nowait(self) -> None:
-        """Apply whatever invalidations are pending, if no other thread is reading them now."""
+    def drain_nowait(self, wait: float = 0.002) -> None:
+        """Apply whatever invalidations are pending, unless another thread is reading them.
+
+        Waiting briefly (``wait``, not just trying) matters for threads: when the
+        tracking thread holds the connection it is usually mid-drain and waiting for
+        the GIL; blocking on the lock hands the GIL over, so it finishes instead of
+        being starved by hit loops. The asyncio wrapper passes 0: the loop never waits.
+        """
         conn = self._conn
-        # Waiting briefly (not just trying) matters: when the tracking thread holds the
-        # connection it is usually mid-drain and waiting for the GIL; blocking on the lock
-        # hands the GIL over, so it finishes instead of being starved by hit loops.
-        if conn is None or not self._io.acquire(timeout=0.002):
+        if conn is None or not self._io.acquire(timeout=wait if wait > 0 else -1, blocking=wait > 0):
             return
         try:
             if self._conn is conn and self.connected.is_set():
@@ -324,6 +327,8 @@ class NearCache:
         self._l1_get = self.coherence.l1.get
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.inner, name)  # e.g. ``client`` of the wrapped backend
 
     def open(self) -> None:
@@ -426,6 +431,8 @@ class AsyncNearCache:
         self._l1_get = self.coherence.l1.get
 
     def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     async def open(self) -> None:
@@ -441,7 +448,7 @@ class AsyncNearCache:
             if entry is not None:
                 tracker = self.tracker
                 if _monotonic() - tracker.last_drain > tracker.DRAIN_EVERY:
-                    tracker.drain_nowait()  # a non-blocking select: fine on the loop
+                    tracker.drain_nowait(0)  # non-blocking lock and select: fine on the loop
                     entry = self._l1_get(key) if coherence.enabled else None
                 if entry is not None:
                     coherence.hits += 1
