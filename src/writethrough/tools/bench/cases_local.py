@@ -121,7 +121,7 @@ def import_time(ctx: Context) -> Row:
     )
     detail = (
         f"`python -X importtime -c 'import writethrough'` cumulative time, {runs} fresh "
-        f"interpreters: median {mine.value:.1f} ms, min {min(cumulative):.1f} ms "
+        f"interpreters: min {min(cumulative):.1f} ms, median {statistics.median(cumulative):.1f} ms "
         f"(the min is the machine without contention). asyncio/rich/the async store/"
         f"the tools loaded: {loaded or 'none'}."
     )

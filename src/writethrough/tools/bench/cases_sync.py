@@ -455,7 +455,7 @@ def near_cache(ctx: Context) -> Row:
             "raw redis-py": lambda: orjson.loads(raw.get(raw_key)),
             "writethrough get (near)": lambda: near.get("user:42"),
             "writethrough get (redis)": lambda: plain.get("user:42"),
-            "near backend get (L1 hit)": lambda: backend_get(ckey),
+            "writethrough near backend get (L1 hit)": lambda: backend_get(ckey),
         }
         timed = interleave(contenders, n, reps, ctx.tick)
         idle = _staleness_windows(ctx, near, source, ckey, writes, busy=0)
@@ -464,7 +464,7 @@ def near_cache(ctx: Context) -> Row:
     for label, windows in (("idle reader", idle), ("reader with 2 busy threads", loaded)):
         others.append(
             Measure(
-                f"staleness window, {label}",
+                f"writethrough near staleness window, {label}",
                 max(windows),
                 "ms max",
                 extra={
@@ -474,7 +474,7 @@ def near_cache(ctx: Context) -> Row:
                 },
             )
         )
-    l1 = next(m for m in others if m.name == "near backend get (L1 hit)")
+    l1 = next(m for m in others if m.name == "writethrough near backend get (L1 hit)")
     detail = (
         f"{n:,} gets per repetition, {reps} repetitions. Staleness across processes: "
         f"{writes} writes each by a writer in another process while this process holds the "
