@@ -21,9 +21,13 @@ FILES = [
     ("_async/store.py", "_sync/store.py"),
     ("_async/redis_cache.py", "_sync/redis_cache.py"),
     ("_async/postgres_source.py", "_sync/postgres_source.py"),
+    ("observe/instrument_async.py", "observe/instrument_sync.py"),
 ]
 # Whole-word replacements, applied in order.
 WORDS = [
+    ("AsyncObservedStore", "ObservedStore"),
+    ("AsyncObservedSource", "ObservedSource"),
+    ("AsyncObservedCache", "ObservedCache"),
     ("AsyncStore", "Store"),
     ("AsyncCache", "Cache"),
     ("AsyncOutboxSource", "OutboxSource"),

@@ -371,3 +371,56 @@ def postgres_server() -> Iterator[PostgresServer]:
     finally:
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+class OwnRedis:
+    """A redis-server the tests started and may crash, restart, replicate or promote."""
+
+    def __init__(self, process: _RedisProcess) -> None:
+        self.process = process
+        self.port = process.port
+        self.url = f"redis://{HOST}:{process.port}/0"
+
+    def client(self) -> redis.Redis:
+        return _client(self.port)
+
+    def crash(self) -> None:
+        """SIGKILL our own process (found by its Popen pid): no save on the way down."""
+        proc = self.process._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        self.process.stop()
+
+    def start(self) -> None:
+        """Start again on the same port and directory: it loads its last snapshot."""
+        self.process.start()
+
+    def run_id(self) -> str:
+        with self.client() as c:
+            return str(c.info("server")["run_id"])
+
+
+@contextlib.contextmanager
+def own_redis(*extra: str) -> Iterator[OwnRedis]:
+    """A throwaway redis-server with the stock snapshot schedule (``save 3600 1 300 100
+    60 10000``) and ``extra`` options; never an external server (it gets crashed)."""
+    process = _launch(["--save", "3600 1 300 100 60 10000", "--repl-diskless-sync-delay", "0", *extra],
+                      set())
+    try:
+        yield OwnRedis(process)
+    finally:
+        process.cleanup()
+
+
+def wait_replica_synced(primary: OwnRedis, replica: OwnRedis, timeout: float = 20.0) -> None:
+    """Wait until ``replica`` is connected and has caught up with ``primary``'s offset."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with primary.client() as p, replica.client() as r:
+            want = int(p.info("replication")["master_repl_offset"])
+            info = r.info("replication")
+            if info.get("master_link_status") == "up" and int(info.get("slave_repl_offset", -1)) >= want:
+                return
+        time.sleep(0.05)
+    raise ServerUnavailable("the replica did not catch up in time")

@@ -194,7 +194,7 @@ def test_open_async_can_be_awaited_or_used_with_async_with() -> None:
     async def main() -> None:
         store = await writethrough.open_async(source="sqlite:///:memory:")
         result = await store.put("k", "v")
-        assert result.cache is CacheOutcome.INVALIDATED and await store.get("k") == "v"
+        assert result.cache is CacheOutcome.UPDATED and await store.get("k") == "v"
         await store.close()
         async with writethrough.open_async(source="sqlite:///:memory:") as other:
             assert (await other.put("k", "w")).version == 1

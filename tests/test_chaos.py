@@ -24,8 +24,9 @@ from writethrough.tools.chaos import (
 )
 from writethrough.tools.checker import check, read_history
 
-LOCAL = [s.name for s in SCENARIOS if not s.wire and not s.kill]
-REDIS_ONLY = [s.name for s in SCENARIOS if s.wire or s.kill]
+LOCAL = [s.name for s in SCENARIOS if not (s.wire or s.kill or s.own or s.source_wire)]
+REDIS_ONLY = [s.name for s in SCENARIOS if s.wire or s.kill or s.own]
+POSTGRES_ONLY = [s.name for s in SCENARIOS if s.source_wire]
 
 
 def assert_versioned_hold(result: ChaosResult) -> None:
@@ -48,7 +49,7 @@ def test_all_scenarios_on_memory_and_sqlite(tmp_path: Path) -> None:
     assert_versioned_hold(result)
     assert result.faults_bite
     skipped = {ph.scenario.name: ph.skipped for ph in result.phases if ph.skipped}
-    assert set(skipped) == set(REDIS_ONLY), "memory:// skips the wire and the kill scenarios"
+    assert set(skipped) == {*REDIS_ONLY, *POSTGRES_ONLY}, "memory:// skips the wire and kill ones"
     assert "redis://" in skipped["net-delay"] and "across processes" in skipped["writer-killed"]
     ran = [ph for ph in result.phases if ph.skipped is None]
     assert sum(ph.ops for ph in ran if ph.protocol == PROTOCOLS[0]) == 3000, "--ops is per protocol"
@@ -72,7 +73,8 @@ def test_all_scenarios_on_redis_and_sqlite(redis_srv: Any, tmp_path: Path) -> No
                        clients=4, seed=11)
     assert_versioned_hold(result)
     assert result.faults_bite
-    assert {ph.scenario.name for ph in result.phases if ph.skipped} == {"writer-killed-outbox"}
+    assert {ph.scenario.name for ph in result.phases if ph.skipped} == {"writer-killed-outbox",
+                                                                        *POSTGRES_ONLY}
     for label, ph in by_protocol(result, "writer-killed").items():
         assert ph.faults["writers killed"] == 2, (label, ph.notes)
         assert ph.killed_writer_divergence == 2, f"{label}: without the outbox, race 4 stays"
@@ -90,6 +92,26 @@ def test_redis_scenarios_run_alone(redis_srv: Any, tmp_path: Path, name: str) ->
                        ops=400, clients=4, seed=5)
     assert_versioned_hold(result)
     assert all(ph.skipped is None and ph.ops >= 400 for ph in result.phases)
+
+
+def test_restarts_failovers_lost_replies_and_slow_reads(redis_srv: Any, postgres_srv: Any) -> None:
+    """Issue 9's scenarios on Redis + PostgreSQL: private redis-servers crashed from a
+    snapshot and failed over to a lagging replica, commits whose reply was lost, DB reads
+    slower than the lease. The versioned protocols hold; the naive ones serve stale reads."""
+    names = "restart-snapshot,replica-failover,lost-reply,slow-reads"
+    result = run_chaos(postgres_srv.url, f"{redis_srv.url}?socket_timeout=0.25", scenarios(names),
+                       ops=6000, clients=6, seed=9)
+    assert all(ph.skipped is None for ph in result.phases)
+    assert_versioned_hold(result)
+    for name in ("restart-snapshot", "replica-failover"):
+        phases = by_protocol(result, name)
+        faults = phases["write-through"].faults
+        assert faults.get("restarts from a snapshot", 0) + faults.get(
+            "failovers to a lagging replica", 0) >= 2, faults
+        naive = sum(phases[label].report.stale_reads_after_ack
+                    for label in ("naive write-through", "naive invalidate"))
+        assert naive > 0, f"{name}: the same faults make the naive protocols go back in time"
+    assert by_protocol(result, "slow-reads")["write-through"].stats["lease_renewals"] > 0
 
 
 def test_cli_json_and_history(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,7 +185,8 @@ def test_a_key_change_is_a_delete_plus_an_insert(table: Table, cache: Cache) -> 
     table.sql("UPDATE {t} SET id = 2 WHERE id = 1")
     with table.listener() as listener:
         assert listener.drain_once() == 3
-    assert cached(cache, table, 1) == Entry.tombstone(2), "the old key: deleted at v2"
+    # Never fresh: the key was not cached, a newer entry may have been evicted (issue 9.5).
+    assert cached(cache, table, 1) == Entry.tombstone(2, fresh=False), "the old key: deleted at v2"
     assert (e := cached(cache, table, 2)) is not None and (e.kind, e.version) == (Kind.VALUE, 2)
     table.sql("INSERT INTO {t} (id, name) VALUES (1, 'b')")
     assert table.versions() == {"1": 3, "2": 2}, "the old key comes back above its delete"
@@ -233,7 +234,8 @@ def test_a_reinsert_racing_the_delete_still_moves_past_it(table: Table) -> None:
 
 def test_an_older_value_landing_on_an_evicted_key_is_corrected(table: Table, cache: Cache) -> None:
     """Race 6 with two listeners: L1 read v1 and stalls; L2 stores v2, which is evicted;
-    L1's v1 then lands on the empty key -- and L1's re-check stores v2 again."""
+    L1's v1 then reaches the empty key -- it takes a writer lease there, reads the row
+    again and fills what it finds: v2."""
     table.sql("INSERT INTO {t} (id, name) VALUES (1, 'v1')")
     stalled = FaultyCache(open_cache(table.cache_url))
     one = Listener(table.url, stalled, table.keyspace())  # type: ignore[arg-type]
@@ -249,7 +251,7 @@ def test_an_older_value_landing_on_an_evicted_key_is_corrected(table: Table, cac
         cache.delete(f"wt:{table.namespace}:1")  # evicted
         gate.release()
         drain.join(10)
-        assert one.stats.rechecked == 1
+        assert one.stats.values == 1 and one.stats.rechecked == 0
     finally:
         one.close()
         two.close()

@@ -23,7 +23,7 @@ class FakeClock:
 
 
 def put(cache: MemoryCache, key: str, version: int, payload: bytes = b"x", ttl: float = 60) -> None:
-    cache.write(key, Kind.VALUE, version, payload, ttl=ttl, tombstone_ttl=5, on_empty="value")
+    cache.set(key, Entry.value(version, payload), ttl=ttl)
 
 
 def test_lru_evicts_the_least_recently_used_entry() -> None:
@@ -86,7 +86,7 @@ def test_concurrent_conditional_writes_keep_the_newest_version() -> None:
     def writer(mine: list[int]) -> None:
         for v in mine:
             outcome = cache.write(
-                "k", Kind.VALUE, v, b"%d" % v, ttl=60, tombstone_ttl=5, on_empty="tombstone"
+                "k", Kind.VALUE, v, b"%d" % v, ttl=60, tombstone_ttl=5
             )
             assert outcome in (WriteOutcome.STORED_VALUE, WriteOutcome.SUPERSEDED)
 
@@ -123,7 +123,7 @@ def test_bytes_accounted_are_key_utf8_plus_payload_plus_the_fixed_overhead() -> 
         if op == 0:
             put(cache, key, step, b"v" * rng.randrange(200), ttl=rng.uniform(0.5, 5))
         elif op == 1:
-            cache.write(key, Kind.TOMBSTONE, step, b"", ttl=60, tombstone_ttl=1, on_empty="tombstone")
+            cache.write(key, Kind.TOMBSTONE, step, b"", ttl=60, tombstone_ttl=1)
         elif op == 2:
             outcome, _ = cache.lease(key, b"tok%d" % step, lease_ttl=1)
             if outcome is LeaseOutcome.GRANTED:
@@ -160,8 +160,13 @@ def test_payloads_are_kept_at_their_exact_size_not_in_orjsons_buffer() -> None:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for i in range(2000):  # the store passes serializer.dumps(value) straight in
-            put(cache, f"user:{i}", 1, orjson.dumps({"n": "x" * 16, "i": i % 10}))
+        for i in range(2000):  # a write-through passes serializer.dumps(value) straight in
+            put(cache, f"user:{i}", 1, b"")  # a cached value to write through over
+            outcome = cache.write(
+                f"user:{i}", Kind.VALUE, 2, orjson.dumps({"n": "x" * 16, "i": i % 10}),
+                ttl=60, tombstone_ttl=5,
+            )  # fmt: skip
+            assert outcome is WriteOutcome.STORED_VALUE
         cache.lease("filled", b"t", lease_ttl=5)
         cache.fill("filled", b"t", Entry.value(1, orjson.dumps({"filled": 1})), ttl=5)
         cache.set("set", Entry.value(1, orjson.dumps({"set": 1})), ttl=5)

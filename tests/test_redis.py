@@ -22,28 +22,40 @@ import writethrough
 from servers import ServerUnavailable, redis_server, unavailable
 from writethrough import CacheOutcome
 from writethrough.caches.redis import RedisCache
-from writethrough.caches.redis_codec import decode, encode
-from writethrough.protocol import Entry, Kind, decide_fill, decide_lease, decide_write
+from writethrough.caches.redis_codec import MARKER, decode, encode
+from writethrough.protocol import (
+    Entry,
+    Kind,
+    decide_fill,
+    decide_lease,
+    decide_renew,
+    decide_write,
+    visible,
+)
 from writethrough.tools.faultproxy import FaultProxy
 from writethrough.tools.faults import FaultySource
 
+versions = st.one_of(st.integers(0, 2**64), st.sampled_from([2**53 - 1, 2**53, 2**53 + 1, 2**63 - 1]))
 entries = st.one_of(
     st.none(),
-    st.builds(Entry.value, st.integers(0, 2**53), st.binary(max_size=20)),
-    st.builds(Entry.tombstone, st.integers(0, 2**53), st.booleans()),
-    st.builds(Entry.lease, st.binary(min_size=8, max_size=8), st.integers(0, 2**53), st.booleans()),
+    st.builds(Entry.value, versions, st.binary(max_size=20)),
+    st.builds(Entry.tombstone, versions, st.booleans()),
+    st.builds(Entry.lease, st.binary(min_size=8, max_size=8), versions, st.booleans()),
 )
+TAG = b"0123456789abcdef"
 
 
 @given(entries.filter(lambda e: e is not None))
 def test_entries_encode_and_decode(entry: Entry) -> None:
-    assert decode(encode(entry)) == entry
+    assert decode(encode(entry, TAG), TAG) == entry
+    assert decode(encode(entry, TAG), b"fedcba9876543210") is None, "another lifetime: absent"
 
 
 @pytest.fixture
 def cache(redis_srv: Any) -> Iterator[RedisCache]:
     cache = writethrough.caches.open_cache(redis_srv.url)
     assert isinstance(cache, RedisCache)
+    cache.get("wt:lua:k")  # connect: the lifetime marker is set
     yield cache
     cache.close()
 
@@ -51,45 +63,58 @@ def cache(redis_srv: Any) -> Iterator[RedisCache]:
 def _set(cache: RedisCache, key: str, entry: Entry | None) -> None:
     cache.client.delete(key)
     if entry is not None:
-        cache.client.set(key, encode(entry))
+        cache.client.set(key, encode(entry, cache.client.get(MARKER)))
+
+
+def _expected(current: Entry | None, floor: int) -> Entry | None:
+    return visible(current, floor)
+
+
+def _row_ok(entry: Entry | None) -> bool:
+    return entry is None or entry.version % 10**19 <= 2**63 - 1
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     current=entries,
     kind=st.sampled_from([Kind.VALUE, Kind.TOMBSTONE]),
-    version=st.integers(1, 2**53),
-    on_empty=st.sampled_from(["tombstone", "value"]),
+    version=versions.filter(lambda v: v > 0),
+    token=st.sampled_from([None, b"tokenAAA", b"tokenBBB"]),
+    floor=st.sampled_from([0, 2**53, 10**19]),
 )
 def test_lua_write_agrees_with_the_pure_protocol(
-    cache: RedisCache, current: Entry | None, kind: Kind, version: int, on_empty: Any
+    cache: RedisCache, current: Entry | None, kind: Kind, version: int, token: bytes | None, floor: int
 ) -> None:
     _set(cache, "wt:lua:k", current)
-    expected = decide_write(current, kind, version, b"pay:load", on_empty)
-    outcome = cache.write(
-        "wt:lua:k", kind, version, b"pay:load", ttl=60, tombstone_ttl=10, on_empty=on_empty
-    )
+    seen = visible(current, floor) if _row_ok(current) else None
+    expected = decide_write(seen, kind, version, b"pay:load", token)
+    outcome = cache.write("wt:lua:k", kind, version, b"pay:load", ttl=60, tombstone_ttl=10,
+                          token=token, floor=floor)
     assert outcome is expected.outcome
     assert cache.get("wt:lua:k") == (expected.store or current)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(current=entries, token=st.sampled_from([b"tokenAAA", b"tokenBBB"]), filled=entries)
+@given(current=entries, token=st.sampled_from([b"tokenAAA", b"tokenBBB"]), filled=entries,
+       floor=st.sampled_from([0, 2**53]))
 def test_lua_lease_and_fill_agree_with_the_pure_protocol(
-    cache: RedisCache, current: Entry | None, token: bytes, filled: Entry | None
+    cache: RedisCache, current: Entry | None, token: bytes, filled: Entry | None, floor: int
 ) -> None:
     _set(cache, "wt:lua:k", current)
-    lease = decide_lease(current, token)
-    outcome, found = cache.lease("wt:lua:k", token, lease_ttl=5)
+    seen = visible(current, floor) if _row_ok(current) else None
+    lease = decide_lease(seen, token, floor)
+    outcome, found = cache.lease("wt:lua:k", token, lease_ttl=5, floor=floor)
     assert outcome is lease.outcome
-    assert found == (None if outcome.value == "granted" else current)
+    assert found == (None if outcome.value == "granted" else seen)
     assert cache.get("wt:lua:k") == (lease.store or current)
     if filled is None or filled.kind is Kind.LEASE:
         return
     _set(cache, "wt:lua:k", current)
-    stored = decide_fill(current, token, filled)
-    assert cache.fill("wt:lua:k", token, filled, ttl=60) is (stored is not None)
+    stored = decide_fill(seen, token, filled)
+    assert cache.fill("wt:lua:k", token, filled, ttl=60, floor=floor) is (stored is not None)
     assert cache.get("wt:lua:k") == (stored or current)
+    assert cache.renew("wt:lua:k", token, lease_ttl=5, floor=floor) is decide_renew(
+        visible(stored or current, floor), token)
 
 
 def test_scripts_come_back_after_a_restart_and_flushall() -> None:
@@ -111,7 +136,7 @@ def test_scripts_come_back_after_a_restart_and_flushall() -> None:
             assert result.cache is not CacheOutcome.PENDING_REPAIR
             assert store.get("k") == 2
             redis.Redis(port=server.port).flushall()
-            assert store.put("k", 3).cache is CacheOutcome.INVALIDATED  # cold key: tombstone
+            assert store.put("k", 3).cache is CacheOutcome.UPDATED  # cold key: writer lease
             assert store.get("k") == 3
     finally:
         manager.__exit__(None, None, None)
@@ -280,11 +305,11 @@ def test_rediss_urls_use_tls_connections() -> None:
                        schemes={"rediss": ""})
     sync_cache = from_url(parsed)
     kwargs = sync_cache.client.connection_pool.connection_kwargs
-    assert sync_cache.client.connection_pool.connection_class is redis.SSLConnection
+    assert issubclass(sync_cache.client.connection_pool.connection_class, redis.SSLConnection)
     assert (kwargs["host"], kwargs["port"], kwargs["db"], kwargs["password"]) == ("cache.example", 6380, 2, "p@ss")
     assert kwargs["socket_timeout"] == 0.2
     async_cache = async_from_url(parsed)
-    assert async_cache.client.connection_pool.connection_class is redis.asyncio.SSLConnection
+    assert issubclass(async_cache.client.connection_pool.connection_class, redis.asyncio.SSLConnection)
     assert parsed.redacted() == "rediss://u:***@cache.example:6380/2?socket_timeout=0.2"
 
 

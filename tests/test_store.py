@@ -64,15 +64,19 @@ def test_invalidate_costs_one_miss_then_refills(make_any_store: MakeStore) -> No
     assert after["hits"] - before["hits"] == 1
 
 
-def test_write_through_on_a_cold_key_stores_a_tombstone_by_default(make_any_store: MakeStore) -> None:
+def test_write_through_on_a_cold_key_is_a_hit_after_a_writer_lease(make_any_store: MakeStore) -> None:
+    """The seed's promise for new keys: create, then read -- a hit. The cost: one more
+    DB read (the row read back under the writer's lease) and one more cache call."""
     store = make_any_store(strategy="write-through")
-    assert store.put("cold", 1).cache is CacheOutcome.INVALIDATED
+    assert store.put("cold", 1).cache is CacheOutcome.UPDATED
+    assert store.stats.source_reads == 1 and store.stats.cold_writes == 1
     assert store.get("cold") == 1
-    assert store.stats.source_reads == 1
-    risky = make_any_store(strategy="write-through", on_empty="value")
-    assert risky.put("cold", 1).cache is CacheOutcome.UPDATED
-    assert risky.get("cold") == 1
-    assert risky.stats.source_reads == 0
+    assert store.stats.hits == 1 and store.stats.source_reads == 1
+    cheap = make_any_store(strategy="write-through", on_empty="tombstone")
+    assert cheap.put("cold", 1).cache is CacheOutcome.INVALIDATED
+    assert cheap.stats.source_reads == 0
+    assert cheap.get("cold") == 1
+    assert cheap.stats.source_reads == 1 and cheap.stats.misses == 1
 
 
 def test_an_older_write_arriving_late_is_rejected(make_any_store: MakeStore) -> None:
@@ -82,7 +86,7 @@ def test_an_older_write_arriving_late_is_rejected(make_any_store: MakeStore) -> 
     v2 = store.put("k", "v2").version
     ckey = f"wt:{store.namespace}:k"
     outcome = store.cache.write(
-        ckey, writethrough.protocol.Kind.VALUE, v2 - 1, b'"v1"', ttl=60, tombstone_ttl=10, on_empty="tombstone"
+        ckey, writethrough.protocol.Kind.VALUE, v2 - 1, b'"v1"', ttl=60, tombstone_ttl=10
     )
     assert outcome is writethrough.protocol.WriteOutcome.SUPERSEDED
     assert store.get_versioned("k") == writethrough.Versioned("v2", v2)

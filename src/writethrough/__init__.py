@@ -66,7 +66,7 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     tombstone_ttl: float | None = None,
     lease_ttl: float = 2.0,
     lease_wait: float = 0.1,
-    on_empty: OnEmpty = "tombstone",
+    on_empty: OnEmpty = "lease",
     write_budget: float = 0.05,
     retry: RetryPolicy | None = None,
     max_key_bytes: int = 1024,
@@ -77,6 +77,7 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     outbox_grace: float = 5.0,
     breaker_threshold: int = 5,
     breaker_reset: float = 1.0,
+    epoch_refresh: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -91,9 +92,10 @@ def open(  # the public name the API promises (shadows the builtin inside this m
       ``ttl_jitter``); required > 0 under both strategies: the last safety net.
     - ``protocol``: ``"versioned"`` (conditional writes, leases, tombstones, the
       failure ladder) or ``"naive"`` (plain SET / DEL, for comparison only).
-    - ``on_empty``: what a write-through stores on a key the cache does not hold:
-      a ``"tombstone"`` (safe against an evicted newer entry; the next read
-      misses) or the ``"value"`` (a hit, but see README: race 6).
+    - ``on_empty``: what a write-through does on a key the cache does not hold:
+      ``"lease"`` takes a writer lease, reads the row back and fills it (the next
+      read is a hit; one more DB read and cache round trip, cold keys only) or
+      ``"tombstone"`` stores a tombstone (the next read misses and fills).
     - ``lease_wait``: how long a reader that finds another reader loading the
       key waits for that fill before reading the DB itself (0: at once).
     - ``write_budget``: seconds the failure ladder may spend on one cache write.
@@ -137,7 +139,7 @@ def open_async(
     tombstone_ttl: float | None = None,
     lease_ttl: float = 2.0,
     lease_wait: float = 0.1,
-    on_empty: OnEmpty = "tombstone",
+    on_empty: OnEmpty = "lease",
     write_budget: float = 0.05,
     retry: RetryPolicy | None = None,
     max_key_bytes: int = 1024,
@@ -148,6 +150,7 @@ def open_async(
     outbox_grace: float = 5.0,
     breaker_threshold: int = 5,
     breaker_reset: float = 1.0,
+    epoch_refresh: float = 1.0,
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
@@ -232,6 +235,7 @@ def _settings(given: dict[str, Any]) -> Settings:
         outbox_grace=given["outbox_grace"],
         breaker_threshold=given["breaker_threshold"],
         breaker_reset=given["breaker_reset"],
+        epoch_refresh=given["epoch_refresh"],
     )
 
 

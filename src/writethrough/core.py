@@ -61,13 +61,20 @@ STAT_NAMES = (
     "fills_dropped",  # fills refused because their lease was gone (a write or loss came first)
     "lease_waits",
     "flight_joins",
-    "below_floor",  # hits older than this process's last DB read of the key: read the DB  # misses that awaited this process's own load of the key
+    "below_floor",  # hits older than this process's last DB read of the key: read the DB
     "read_through",  # DB reads that did not fill the cache (cache down, lease busy, pending repair)
     "pending_repair_reads",
     "repairs_recorded",
     "repairs_applied",
     "outbox_batches",  # DB statements that cleared outbox rows (off the write path)
     "outbox_repairs",  # outbox rows of dead or failed writers repaired
+    "cold_writes",  # write-throughs that found the key empty: writer lease, DB read, fill
+    "cache_data_errors",  # entries that could not be decoded (garbage): treated as misses
+    "lease_renewals",  # leases extended while a slow DB read ran
+    "lease_renewals_lost",  # renewals that found the lease gone (a write replaced it)
+    "floors_pushed",  # read floors that left memory as tombstones in the cache
+    "floors_dropped",  # read floors forgotten while the cache was down (see floors.py)
+    "epoch_changes",  # the database epoch moved on (restore, failover, truncate)
 )
 
 class Stats:
@@ -109,7 +116,7 @@ class Settings:
     tombstone_ttl: float = 30.0
     lease_ttl: float = 2.0
     lease_wait: float = 0.1
-    on_empty: OnEmpty = "tombstone"
+    on_empty: OnEmpty = "lease"
     write_budget: float = 0.05
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     max_key_bytes: int = 1024
@@ -119,6 +126,7 @@ class Settings:
     outbox_grace: float = 5.0  # outbox rows younger than this belong to live writers
     breaker_threshold: int = 5  # consecutive cache failures that open the circuit
     breaker_reset: float = 1.0  # seconds the circuit stays open before a probe
+    epoch_refresh: float = 1.0  # seconds between checks of the database epoch
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -133,9 +141,15 @@ class Settings:
         _positive("breaker_reset", self.breaker_reset)
         if not isinstance(self.breaker_threshold, int) or self.breaker_threshold < 1:
             raise ConfigError(f"breaker_threshold must be an int >= 1, got {self.breaker_threshold!r}")
-        if self.on_empty not in ("tombstone", "value"):
-            raise ConfigError(f"on_empty must be 'tombstone' or 'value', not {self.on_empty!r}")
-        for name in ("ttl", "tombstone_ttl", "lease_ttl", "write_budget", "repair_interval"):
+        if self.on_empty == "value":  # type: ignore[comparison-overlap]
+            raise ConfigError(
+                "on_empty='value' is gone: it reopened race 6; on_empty='lease' (the default) "
+                "makes a write to an uncached key a hit safely"
+            )
+        if self.on_empty not in ("lease", "tombstone"):
+            raise ConfigError(f"on_empty must be 'lease' or 'tombstone', not {self.on_empty!r}")
+        for name in ("ttl", "tombstone_ttl", "lease_ttl", "write_budget", "repair_interval",
+                     "epoch_refresh"):
             _positive(name, getattr(self, name))
         _positive("lease_wait", self.lease_wait, allow_zero=True)
         if not 0 <= self.ttl_jitter < 1:

@@ -6,22 +6,28 @@ A cache key holds at most one entry:
   least every version acknowledged to a writer since the key was last empty.
 * ``TOMBSTONE(version, fresh)`` -- "go to the database"; readers treat it as a
   miss. ``fresh`` says whether it carries the same guarantee as a value. A
-  tombstone written onto an empty key is not fresh: a newer entry may have been
+  tombstone written onto an empty key is never fresh: a newer entry may have been
   evicted just before (race 6), and the writer cannot know.
-* ``LEASE(version, fresh, token)`` -- a reader is loading the key from the
-  database. ``version``/``fresh`` remember the tombstone it replaced (the floor).
+* ``LEASE(version, fresh, token)`` -- someone is loading the key from the
+  database: a reader that missed, or a writer whose key was empty. ``version`` is
+  the floor a fill must reach (the tombstone it replaced, or the writer's own
+  version); ``fresh`` whether that floor is proven.
 
-The three decisions below are the whole protocol. The memory backend runs them
-under a lock; the Redis backend runs a Lua translation of them atomically on the
-server (``caches/protocol.lua``), and a test checks that both agree on every state.
+Versions are exact integers of any size (a database epoch times 10**19 plus the
+row's version, see ``epochs``). An entry whose version is below the caller's
+``floor`` (an older database epoch) is treated as absent everywhere.
+
+The decisions below are the whole protocol. The memory backend runs them under a
+lock; the Redis backend runs a Lua translation of them atomically on the server
+(``caches/protocol.lua``), and a test checks that both agree on every state.
 
 Why freshness: a write may only store a *value* over an entry that proves no
-newer version was acknowledged before it. Over an empty key, a lease, or a
-tombstone written onto an empty key, nothing is proven, so the write stores a
-tombstone (version = its own) instead, and the next reader fills the value from
-the database under a lease. That keeps race 6 closed at the price of one miss
-after a write to a key that was not cached. ``on_empty="value"`` trades that
-safety for a hit (documented in the README).
+newer version was acknowledged before it. Over an empty key, or a tombstone or
+lease that proves nothing, a write-through takes a *writer lease* instead
+(``token``): the writer then reads the row from the database and fills it like a
+reader would, so the next read is a hit; any newer write in between replaces the
+lease and the fill is dropped (IQ leases, Ghandeharizadeh et al.). Without a
+token (``on_empty="tombstone"``) it stores a tombstone and the next reader fills.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import enum
 from dataclasses import dataclass
 from typing import Literal
 
-OnEmpty = Literal["tombstone", "value"]
+OnEmpty = Literal["lease", "tombstone"]
 
 
 class Kind(enum.Enum):
@@ -68,6 +74,7 @@ class WriteOutcome(enum.Enum):
     STORED_TOMBSTONE = "stored_tombstone"  # the key now holds a tombstone of this version
     SUPERSEDED = "superseded"  # the key already holds this version or a newer one
     KEPT = "kept"  # nothing stored; the entry there already sends readers to the DB
+    LEASED = "leased"  # the key was empty: the writer holds its lease, must read the DB and fill
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,30 +83,45 @@ class WriteDecision:
     outcome: WriteOutcome
 
 
+def visible(current: Entry | None, floor: int) -> Entry | None:
+    """The entry as the protocol sees it: one below ``floor`` (an older DB epoch) is absent."""
+    if current is None or current.version < floor:
+        return None
+    return current
+
+
 def decide_write(
     current: Entry | None,
     kind: Kind,
     version: int,
     payload: bytes = b"",
-    on_empty: OnEmpty = "tombstone",
+    token: bytes | None = None,
 ) -> WriteDecision:
     """A writer committed ``version``; what should the key hold now?
 
     ``kind`` is VALUE for write-through, TOMBSTONE for invalidate and deletes.
+    ``token``: a write-through onto a key that proves nothing takes a writer lease
+    with it (outcome LEASED); without one it stores a tombstone there.
     """
     if kind is Kind.LEASE:
         raise ValueError("a write stores a value or a tombstone, not a lease")
     proven = current is not None and current.fresh
+    if token and current is not None and current.kind is Kind.LEASE and current.payload == token:
+        return WriteDecision(None, WriteOutcome.LEASED)  # a retry after an ambiguous timeout
     if current is not None and current.version >= version:
         if current.kind is Kind.VALUE:
             return WriteDecision(None, WriteOutcome.SUPERSEDED)
         # A tombstone or lease at least as new: readers go to the DB, which is newer.
         return WriteDecision(None, WriteOutcome.SUPERSEDED if proven else WriteOutcome.KEPT)
-    if kind is Kind.VALUE and (proven or on_empty == "value"):
+    if kind is Kind.VALUE and proven:
         return WriteDecision(Entry.value(version, payload), WriteOutcome.STORED_VALUE)
-    # Either an invalidation, or a write-through that cannot rule out race 6.
-    fresh = proven if kind is Kind.VALUE else (proven or (current is None and on_empty == "value"))
-    return WriteDecision(Entry.tombstone(version, fresh), WriteOutcome.STORED_TOMBSTONE)
+    if kind is Kind.VALUE and token:
+        # Nothing proves that no newer version was acknowledged and then lost (race 6):
+        # hold the key while the writer checks the database, and let it fill.
+        return WriteDecision(Entry.lease(token, version, False), WriteOutcome.LEASED)
+    # An invalidation, or a write-through without a lease: a tombstone, fresh only
+    # where the entry it replaces was.
+    return WriteDecision(Entry.tombstone(version, proven), WriteOutcome.STORED_TOMBSTONE)
 
 
 class LeaseOutcome(enum.Enum):
@@ -114,10 +136,10 @@ class LeaseDecision:
     outcome: LeaseOutcome
 
 
-def decide_lease(current: Entry | None, token: bytes) -> LeaseDecision:
-    """A reader missed; may it take the fill lease?"""
+def decide_lease(current: Entry | None, token: bytes, floor: int = 0) -> LeaseDecision:
+    """A reader missed; may it take the fill lease? (``floor``: the epoch's lowest version.)"""
     if current is None:
-        return LeaseDecision(Entry.lease(token), LeaseOutcome.GRANTED)
+        return LeaseDecision(Entry.lease(token, floor), LeaseOutcome.GRANTED)
     if current.kind is Kind.VALUE:
         return LeaseDecision(None, LeaseOutcome.HIT)
     if current.kind is Kind.TOMBSTONE:
@@ -146,6 +168,11 @@ def decide_fill(current: Entry | None, token: bytes, filled: Entry) -> Entry | N
     if current.kind is Kind.VALUE and filled.kind is Kind.VALUE:
         return filled if filled.version > current.version else None
     return None
+
+
+def decide_renew(current: Entry | None, token: bytes) -> bool:
+    """May the lease holder extend its lease (a slow database read)? Only while it is its own."""
+    return current is not None and current.kind is Kind.LEASE and current.payload == token
 
 
 def is_hit(entry: Entry | None) -> bool:

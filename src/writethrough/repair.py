@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .protocol import Kind
-
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -42,7 +40,10 @@ class CircuitBreaker:
     """Stops paying a timeout on every call while the cache is down.
 
     After ``threshold`` consecutive failures it opens for ``reset_after`` seconds;
-    then one caller at a time may probe (half-open); a success closes it.
+    then one caller at a time may probe (half-open); a success closes it, a failure
+    opens it again. A probe always ends: a caller that got one and has no verdict
+    calls :meth:`release`, and a probe that reported nothing within ``reset_after``
+    (a cancelled task, a caller that forgot) is given to the next caller.
 
         >>> breaker = CircuitBreaker(threshold=3, reset_after=1.0)
         >>> breaker.allow()
@@ -61,7 +62,7 @@ class CircuitBreaker:
         self.opened = 0  # how many times it opened
         self._failures = 0
         self._open_until = 0.0
-        self._probing = False
+        self._probe_until: float | None = None  # a probe is out until then
         self._state = BreakerState.CLOSED
         self.closed = True  # a plain attribute: read on every cache call
         self._lock = threading.Lock()
@@ -70,33 +71,41 @@ class CircuitBreaker:
     def state(self) -> BreakerState:
         return self._state
 
-
     def allow(self) -> bool:
         """May a call go to the cache now?"""
         if self._state is BreakerState.CLOSED:
             return True
         with self._lock:
-            if self._state is BreakerState.OPEN and self.clock() >= self._open_until:
+            now = self.clock()
+            if self._state is BreakerState.OPEN and now >= self._open_until:
                 self._state = BreakerState.HALF_OPEN
-                self._probing = False
-            if self._state is BreakerState.HALF_OPEN and not self._probing:
-                self._probing = True
+                self._probe_until = None
+            if self._state is BreakerState.HALF_OPEN and (
+                self._probe_until is None or now >= self._probe_until
+            ):
+                self._probe_until = now + self.reset_after
                 return True
             return self._state is BreakerState.CLOSED
+
+    def release(self) -> None:
+        """A probe ended without a verdict (nothing was sent): let the next caller probe."""
+        if self._state is BreakerState.HALF_OPEN:
+            with self._lock:
+                self._probe_until = None
 
     def success(self) -> None:
         if self._state is BreakerState.CLOSED and self._failures == 0:
             return
         with self._lock:
             self._failures = 0
-            self._probing = False
+            self._probe_until = None
             self._state = BreakerState.CLOSED
             self.closed = True
 
     def failure(self) -> None:
         with self._lock:
             self._failures += 1
-            self._probing = False
+            self._probe_until = None
             if self._state is BreakerState.HALF_OPEN or self._failures >= self.threshold:
                 if self._state is not BreakerState.OPEN:
                     self.opened += 1
@@ -107,50 +116,70 @@ class CircuitBreaker:
 
 @dataclass(frozen=True, slots=True)
 class Repair:
-    """A cache write that did not get through: apply it later, conditionally."""
+    """A cache write that did not get through: apply it later, conditionally.
+
+    Always a tombstone (small, and always safe: the next reader fills from the
+    database). ``verify``: the database write itself may or may not have committed
+    (its reply was lost), so the repair first reads the key's version from the
+    database and tombstones at that.
+    """
 
     key: str  # the user's key
-    kind: Kind
     version: int
-    payload: bytes
     recorded_at: float
     outbox_ids: tuple[int, ...] = ()  # outbox rows this repair settles (durability="outbox")
+    verify: bool = False
 
 
 class RepairLog:
-    """Pending cache repairs in this process, newest version per key.
+    """Pending cache repairs in this process, newest version per key, at most ``capacity``.
 
-    While a key is here, this process reads it from the database
-    (read-your-writes), and the repair worker tries to apply it.
+    While a key is in ``pending``, this process reads it from the database
+    (read-your-writes), and the repair worker tries to apply it. Repairs of writes
+    whose outcome is unknown (``verify``: the caller got an error, so no
+    read-your-writes is owed) wait in ``unsure``. Past ``capacity`` keys the oldest
+    repair is dropped (``dropped``): that key is then stale for other processes
+    until its TTL, as without a repair.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 100_000) -> None:
         self.pending: dict[str, Repair] = {}
+        self.unsure: dict[str, Repair] = {}
+        self.capacity = capacity
         self._lock = threading.Lock()
         self.recorded = 0
         self.applied = 0
+        self.dropped = 0
 
     def __len__(self) -> int:
-        return len(self.pending)
+        return len(self.pending) + len(self.unsure)
 
     def __contains__(self, key: object) -> bool:
-        return key in self.pending
+        return key in self.pending or key in self.unsure
 
     def record(self, repair: Repair) -> None:
         with self._lock:
-            old = self.pending.get(repair.key)
-            if old is None or old.version < repair.version:
-                ids = repair.outbox_ids + (old.outbox_ids if old is not None else ())
-                self.pending[repair.key] = dataclasses.replace(repair, outbox_ids=ids)
-            else:  # an older failure: the newer repair settles its outbox row too
-                ids = old.outbox_ids + repair.outbox_ids
-                self.pending[repair.key] = dataclasses.replace(old, outbox_ids=ids)
+            where = self.unsure if repair.verify else self.pending
+            old = where.pop(repair.key, None)
+            if old is None:
+                where[repair.key] = repair
+            else:  # one repair per key and kind: the newest version
+                newest = repair if repair.version >= old.version else old
+                where[repair.key] = dataclasses.replace(
+                    newest,
+                    outbox_ids=old.outbox_ids + repair.outbox_ids,
+                    recorded_at=min(old.recorded_at, repair.recorded_at),
+                )
             self.recorded += 1
+            while len(where) > self.capacity:
+                del where[next(iter(where))]
+                self.dropped += 1
 
     def settled(self, key: str, version: int) -> Repair | None:
         """The cache now holds ``version`` (or newer) for ``key``: drop older repairs.
 
-        Returns the dropped repair, if any.
+        Returns the dropped repair, if any. An unsure repair is settled only by
+        :meth:`done` (the database may hold a version nobody reported).
         """
         if key not in self.pending:
             return None
@@ -162,6 +191,23 @@ class RepairLog:
                 return old
             return None
 
+    def done(self, repair: Repair) -> bool:
+        """``repair`` was applied: drop it unless a newer one was recorded meanwhile."""
+        where = self.unsure if repair.verify else self.pending
+        with self._lock:
+            if where.get(repair.key) is repair:
+                del where[repair.key]
+                self.applied += 1
+                return True
+            return False
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds since the oldest pending repair was recorded (0 when none)."""
+        with self._lock:
+            ages = [now - r.recorded_at for r in (*self.pending.values(), *self.unsure.values())]
+        return max(ages, default=0.0)
+
     def snapshot(self) -> list[Repair]:
         with self._lock:
-            return sorted(self.pending.values(), key=lambda r: r.recorded_at)
+            return sorted((*self.pending.values(), *self.unsure.values()),
+                          key=lambda r: r.recorded_at)

@@ -77,7 +77,7 @@ class Flights:
 class RepairWorker:
     """Calls ``repair_once`` every ``interval`` seconds in a task of the running loop."""
 
-    def __init__(self, repair_once: Callable[[], Awaitable[int]], interval: float) -> None:
+    def __init__(self, repair_once: Callable[[], Awaitable[Any]], interval: float) -> None:
         self.repair_once = repair_once
         self.interval = interval
         self._task: asyncio.Task[None] | None = None

@@ -23,6 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from ..epochs import PG_BUMP, PG_COLUMNS, PG_CREATE, PG_IDENTITY, PG_OBSERVE, PG_UPGRADE, compose
+from ..epochs import TABLE as EPOCHS
 from ..errors import ConfigError, SourceError, SourceUnavailable
 from ..sources.base import Logged, OutboxRow, Row
 from ..sources.postgres_sql import (
@@ -33,6 +35,7 @@ from ..sources.postgres_sql import (
     SQL_COLUMNS,
     SQL_CREATE,
     SQL_CREATE_OUTBOX,
+    SQL_EPOCH,
     SQL_LOGGED,
     SQL_READ,
     SQL_UNIQUE,
@@ -98,6 +101,7 @@ class AsyncPostgresSource:
         self._sql_claim = sql.SQL(SQL_CLAIM).format(outbox)
         self._sql_done = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(outbox)
         self._outbox_ready = False
+        self._epochs_ready = False  # the epochs table exists: new connections check the server
         self._checking = False  # one background pool check at a time
         self._pool: AsyncConnectionPool[AsyncConnection] | None = None
 
@@ -130,18 +134,34 @@ class AsyncPostgresSource:
         self._pool = pool
 
     async def read(self, key: str) -> Row:
-        params = (self.namespace, check_key_text(key))
+        params = {"ns": self.namespace, "key": check_key_text(key)}
         async with self._connection() as conn:
             found = await (await conn.execute(self._sql_read, params)).fetchone()
-        if found is None:
-            return Row(0, None)
-        return Row(int(found[0]), None if found[1] is None else bytes(found[1]))
+        assert found is not None  # the epoch's row is always there
+        epoch, version, value = found
+        if version is None:
+            return Row(compose(int(epoch), 0), None)
+        return Row(compose(int(epoch), int(version)), None if value is None else bytes(value))
 
     async def write(self, key: str, payload: bytes) -> int:
         return await self._upsert(key, payload)
 
     async def delete(self, key: str) -> int:
         return await self._upsert(key, None)
+
+    async def epoch(self) -> int:
+        """The namespace's database epoch (``epochs``)."""
+        async with self._connection() as conn:
+            found = await (await conn.execute(SQL_EPOCH, {"ns": self.namespace})).fetchone()
+        return int(found[0]) if found is not None else 0
+
+    async def bump_epoch(self, reason: str, *, everything: bool = False) -> int:
+        """Move this namespace's epoch (or, ``everything``, the database's) past every
+        version handed out so far: after a restore, a TRUNCATE, a re-created table."""
+        params = {"ns": "" if everything else self.namespace, "reason": reason}
+        async with self._connection() as conn:
+            found = await (await conn.execute(PG_BUMP, params)).fetchone()
+        return int(found[0]) if found is not None else 0
 
     async def truncate_namespace(self) -> int:
         """Delete every row of this namespace (and its outbox rows); returns how many rows.
@@ -169,7 +189,7 @@ class AsyncPostgresSource:
         async with self._connection() as conn:
             await self._ensure_outbox(conn)
             found = await (await conn.execute(self._sql_claim, params)).fetchall()
-        rows = [OutboxRow(int(i), str(k), int(v), str(a)) for i, k, v, a in found]
+        rows = [OutboxRow(int(i), str(k), compose(int(e), int(v)), str(a)) for i, k, v, a, e in found]
         return sorted(rows, key=lambda row: row.id)
 
     async def outbox_done(self, ids: list[int]) -> None:
@@ -184,13 +204,13 @@ class AsyncPostgresSource:
     # -- I/O boundary ------------------------------------------------------------
 
     async def _logged(self, key: str, payload: bytes | None, action: str) -> Logged:
-        params = (self.namespace, check_key_text(key), payload, self.namespace, key, action)
+        params = {"ns": self.namespace, "key": check_key_text(key), "value": payload, "action": action}
         async with self._connection() as conn:
             await self._ensure_outbox(conn)
             found = await (await conn.execute(self._sql_logged, params)).fetchone()
-        if found is None:  # pragma: no cover - RETURNING always returns the row
-            raise SourceError(f"PostgreSQL {self.where}: the logged upsert returned nothing")
-        return Logged(int(found[0]), int(found[1]))
+        if found is None:
+            raise self._at_maximum(key)
+        return Logged(compose(int(found[2]), int(found[0])), int(found[1]))
 
     async def _ensure_outbox(self, conn: AsyncConnection) -> None:
         """Create the outbox on first use, so stores without one need no more DDL."""
@@ -208,12 +228,18 @@ class AsyncPostgresSource:
         self._outbox_ready = True
 
     async def _upsert(self, key: str, payload: bytes | None) -> int:
-        params = (self.namespace, check_key_text(key), payload)
+        params = {"ns": self.namespace, "key": check_key_text(key), "value": payload}
         async with self._connection() as conn:
             found = await (await conn.execute(self._sql_write, params)).fetchone()
-        if found is None:  # pragma: no cover - RETURNING always returns the row
-            raise SourceError(f"PostgreSQL {self.where}: the upsert returned no version")
-        return int(found[0])
+        if found is None:
+            raise self._at_maximum(key)
+        return compose(int(found[1]), int(found[0]))
+
+    def _at_maximum(self, key: str) -> SourceError:
+        return SourceError(
+            f"the version of {key!r} in {self.table} on {self.where} is at its maximum "
+            "(2**63 - 1): it cannot be written again"
+        )
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -255,8 +281,29 @@ class AsyncPostgresSource:
     async def _configure(self, conn: AsyncConnection) -> None:
         timeout = f"{self.statement_timeout_ms}ms"
         await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
+        if self._epochs_ready:
+            await self._observe(conn)
+
+    async def _observe(self, conn: AsyncConnection) -> None:
+        """Before a new connection's first statement: if the server is not the one last
+        seen (a restore, a failover: another system identifier or timeline), bump the
+        database's epoch, so versions from now on order after every one handed out
+        before (``epochs``). A standby cannot tell its timeline (nor take writes): skipped."""
+        try:
+            found = await (await conn.execute(PG_IDENTITY)).fetchone()
+        except psycopg.errors.ObjectNotInPrerequisiteState:  # recovery is in progress
+            return
+        if found is not None:
+            await conn.execute(PG_OBSERVE, {"sid": found[0], "tl": found[1]})
 
     async def _create_or_adopt(self, conn: AsyncConnection) -> None:
+        if await (await conn.execute("SELECT to_regclass(%s)", (EPOCHS,))).fetchone() == (None,):
+            with suppress(*_RACE):
+                await conn.execute(PG_CREATE)
+        if await (await conn.execute(PG_COLUMNS)).fetchone() != (4,):
+            await conn.execute(PG_UPGRADE)
+        self._epochs_ready = True
+        await self._observe(conn)
         name = {"t": sql.Identifier(self.table).as_string(conn)}
         if not await (await conn.execute(SQL_COLUMNS, name)).fetchall():
             # A concurrent CREATE TABLE IF NOT EXISTS can lose the race on pg_type's index.

@@ -1,10 +1,20 @@
 """The Redis and Redis Cluster cache backend (redis-py with hiredis).
 
-One Redis key per entry, so every operation touches one key: correct on a cluster
-without hash tags. A read hit is one GET; a conditional write, a lease and a fill
-are one EVALSHA each of ``protocol.lua`` (redis-py's Script reloads it after
-NOSCRIPT, i.e. after a restart or failover). The client is made with retries
-switched off (``caches/redis.py``): the store's failure ladder owns every retry.
+One Redis key per entry, so every operation touches one key and its slot's
+lifetime marker: correct on a cluster without hash tags. A read is one MGET of the
+marker and the entry; a conditional write, a lease, a fill and a renewal are one
+EVALSHA each of ``protocol.lua`` (redis-py's Script reloads it after NOSCRIPT, i.e.
+after a restart or failover). The client is made with retries switched off
+(``caches/redis.py``): the store's failure ladder owns every retry.
+
+Lifetimes: a server restarted from a snapshot, or a replica promoted after missing
+the newest writes, holds entries older than writes already acknowledged. Every
+connection, before its first command, sets the marker(s) of the server to the tag of
+its current reign -- a hash of its ``run_id`` (new on every restart) and its replication
+id (new on every promotion) -- (:class:`LifetimeCheck`); entries carry the marker they
+were written under, so those of an earlier reign are never served again. The check runs
+on the connection itself: a restart or failover closes every connection, so no command
+can reach a new reign before the marker has moved.
 
 The asyncio version (``_async/redis_cache.py``) is written by hand; the sync one
 (``_sync/redis_cache.py``) is generated from it by ``scripts/unasync.py``.
@@ -15,17 +25,66 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import Any
 
-from ..caches.redis_codec import SCRIPT, WRITE_OUTCOMES, decode, encode, mapped_errors, ms
-from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+from redis.crc import key_slot
+
+from ..caches.redis_codec import (
+    FIX_MANY_SCRIPT,
+    FIX_SCRIPT,
+    MARKER,
+    NODE_SCRIPT,
+    SCRIPT,
+    WRITE_OUTCOMES,
+    decode,
+    mapped_errors,
+    ms,
+    slot_marker,
+)
+from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
 _HIT_OR_BUSY = (LeaseOutcome.HIT, LeaseOutcome.BUSY)
+CHECK_TIMEOUT = 0.5  # at least this long for the lifetime check's replies on connect
+FIX_TIMEOUT = 5.0  # seconds for the reply while a restarted cluster node's markers move
+
+
+async def check_lifetime(conn: Any, cluster: bool) -> None:
+    """On a new connection, before its first command: move the lifetime marker(s) of
+    the server it reached to the tag of its current reign (see the module's docstring).
+    One round trip on a standalone server, two on a cluster node."""
+    wait = max(conn.socket_timeout or 0.0, CHECK_TIMEOUT)
+    if not cluster:
+        await conn.send_command("EVAL", FIX_SCRIPT, 1, MARKER)
+        await conn.read_response(timeout=wait)
+        return
+    # Every slot of a cluster node has its own marker. All of them move in one atomic
+    # script, so "the first marker is current" means all of them are.
+    await conn.send_command("EVAL", NODE_SCRIPT, 0)
+    tag, *bounds = await conn.read_response(timeout=wait)
+    slots = [s for lo, hi in zip(bounds[::2], bounds[1::2], strict=True) for s in range(lo, hi + 1)]
+    if not slots:
+        return
+    await conn.send_command("GET", slot_marker(slots[0]))
+    if await conn.read_response(timeout=wait) == tag:
+        return
+    await conn.send_command("EVAL", FIX_MANY_SCRIPT, 0, tag, *map(slot_marker, slots))
+    await conn.read_response(timeout=FIX_TIMEOUT)
+
+
+class LifetimeCheck:
+    """Mixin for a redis-py connection class: :func:`check_lifetime` on connect."""
+
+    wt_cluster = False
+
+    async def on_connect_check_health(self, check_health: bool = True) -> None:
+        await super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        await check_lifetime(self, self.wt_cluster)
 
 
 class AsyncRedisCache:
     """A cache backend on one Redis server (see ``caches/redis.py`` for the URLs).
 
-        >>> cache = AsyncRedisCache(redis.asyncio.Redis(socket_timeout=0.05))
+        >>> cache = AsyncRedisCache(redis.asyncio.Redis(socket_timeout=0.05,
+        ...     connection_class=lifetime_checked(redis.asyncio.Connection)))
     """
 
     name = "redis"
@@ -37,14 +96,18 @@ class AsyncRedisCache:
         # bound the calls in flight so bursts wait their turn instead.
         self._limit: Any = nullcontext() if max_concurrency is None else Semaphore(max_concurrency)
 
+    def marker(self, key: str) -> str:
+        """The lifetime marker for ``key`` (one per server; one per slot on a cluster)."""
+        return MARKER
+
     async def open(self) -> None:
         """Connections are made on first use."""
 
     async def get(self, key: str) -> Entry | None:
         async with self._limit:
             with mapped_errors():
-                raw = await self.client.get(key)
-        return None if raw is None else decode(raw)
+                marker, raw = await self.client.mget(self.marker(key), key)
+        return None if raw is None else decode(raw, marker)
 
     async def write(
         self,
@@ -55,31 +118,34 @@ class AsyncRedisCache:
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome:
-        args = ["write", kind.value, version, payload, ms(ttl), ms(tombstone_ttl), on_empty]
-        async with self._limit:
-            with mapped_errors():
-                result = await self._script(keys=[key], args=args)
-        return WRITE_OUTCOMES[result]
+        args = ["write", floor, kind.value, version, payload, ms(ttl), ms(tombstone_ttl),
+                token or b"", ms(lease_ttl)]
+        return WRITE_OUTCOMES[await self._run(key, args)]
 
-    async def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
-        async with self._limit:
-            with mapped_errors():
-                result = await self._script(keys=[key], args=["lease", token, ms(lease_ttl)])
+    async def lease(
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
+    ) -> tuple[LeaseOutcome, Entry | None]:
+        result = await self._run(key, ["lease", floor, token, ms(lease_ttl)])
         outcome = LeaseOutcome(result[0].decode())
-        return outcome, decode(result[1]) if outcome in _HIT_OR_BUSY else None
+        if outcome not in _HIT_OR_BUSY:
+            return outcome, None
+        # The script checked the entry against the marker; read it without one.
+        return outcome, decode(result[1], result[1][2:18])
 
-    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
-        args = ["fill", token, entry.kind.value, entry.version, encode(entry), ms(ttl)]
-        async with self._limit:
-            with mapped_errors():
-                return bool(await self._script(keys=[key], args=args))
+    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0) -> bool:
+        args = ["fill", floor, token, entry.kind.value, int(entry.fresh), entry.version,
+                entry.payload, ms(ttl)]
+        return bool(await self._run(key, args))
+
+    async def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool:
+        return bool(await self._run(key, ["renew", floor, token, ms(lease_ttl)]))
 
     async def set(self, key: str, entry: Entry, *, ttl: float) -> None:
-        async with self._limit:
-            with mapped_errors():
-                await self.client.set(key, encode(entry), px=ms(ttl))
+        await self._run(key, ["set", 0, entry.kind.value, entry.version, entry.payload, ms(ttl)])
 
     async def delete(self, key: str) -> None:
         async with self._limit:
@@ -89,8 +155,16 @@ class AsyncRedisCache:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def _run(self, key: str, args: list[Any]) -> Any:
+        async with self._limit:
+            with mapped_errors():
+                return await self._script(keys=[key, self.marker(key)], args=args)
+
 
 class AsyncRedisClusterCache(AsyncRedisCache):
     """The same backend on a Redis Cluster; redis-py follows MOVED/ASK redirects."""
 
     name = "redis+cluster"
+
+    def marker(self, key: str) -> str:
+        return slot_marker(key_slot(key.encode()))

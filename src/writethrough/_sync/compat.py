@@ -93,7 +93,7 @@ class Flights:
 class RepairWorker:
     """A daemon thread that calls ``repair_once`` every ``interval`` seconds."""
 
-    def __init__(self, repair_once: Callable[[], int], interval: float) -> None:
+    def __init__(self, repair_once: Callable[[], Any], interval: float) -> None:
         self.repair_once = repair_once
         self.interval = interval
         self._stop = threading.Event()

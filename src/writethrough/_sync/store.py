@@ -26,7 +26,17 @@ from ..core import (
     check_version,
     public_outcome,
 )
-from ..errors import CacheError, ConfigError, InvalidValueError
+from ..epochs import EPOCH_SPAN, MAX_ROW_VERSION
+from ..errors import (
+    CacheDataError,
+    CacheError,
+    ConfigError,
+    InvalidValueError,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
+from ..floors import ReadFloors
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
@@ -36,7 +46,10 @@ from .compat import Flights, RepairWorker, floor_guard, shielded, sleep
 _MISSING: Any = object()
 _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
-FLOOR_KEYS = 10_000  # read floors kept per store (monotonic reads; see Store._hit)
+FLOOR_KEYS = 10_000  # read floors kept per store before they are pushed to the cache
+OUTBOX_BATCH = 500  # settled outbox ids cleared at once (also without a repair worker)
+LEASE_RENEW_FOR = 60.0  # seconds a slow load may keep renewing its lease
+_AMBIGUOUS = (SourceTimeout, SourceUnavailable)  # the write may have committed
 
 
 class Store:
@@ -77,17 +90,28 @@ class Store:
         self.flights = Flights()
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
-        self._floors: dict[str, int] = {}  # key -> newest version read from the DB, see _hit
-        self._floor_guard = floor_guard()
+        keep_for = max(self.settings.ttl, self.settings.lease_ttl) + 1.0
+        self.floors = ReadFloors(FLOOR_KEYS, keep_for, clock, floor_guard())
+        self._floors = self.floors.floors  # read on the hot path
         self._hits = self.stats.counters["hits"]
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
         self._random = random.Random()
         self._versioned = self.settings.protocol == "versioned"
         self._write_kind = Kind.VALUE if self.settings.strategy == "write-through" else Kind.TOMBSTONE
+        self._cold_lease = self.settings.on_empty == "lease"
+        # Versions below the floor are from an older database epoch; above the ceiling,
+        # from a newer one this process has not seen yet (or garbage): neither is served.
+        self._epoch_floor = 0
+        self._epoch_ceiling = MAX_ROW_VERSION + 1
+        self._next_epoch_check = 0.0
+        self._held: dict[bytes, tuple[str, float, float]] = {}  # token -> key, taken, renewed
+        # The worker renews leases of slow loads, checks the database epoch and applies
+        # repairs; without it (repair_worker=False) the caller drives repair_once().
         self._worker: RepairWorker | None = None
         if repair_worker and self._versioned:
-            self._worker = RepairWorker(self.repair_once, self.settings.repair_interval)
+            interval = min(self.settings.repair_interval, self.settings.lease_ttl / 4)
+            self._worker = RepairWorker(self._tick, interval)
         self._outbox: OutboxSource | None = None
         self._outbox_done: list[int] = []  # outbox rows whose cache write landed
         if self.settings.durability == "outbox":
@@ -105,6 +129,7 @@ class Store:
             try:
                 self.source.open()
                 self.cache.open()
+                self._check_epoch()
             except BaseException:
                 self._closed = False
                 self.close()
@@ -152,7 +177,11 @@ class Store:
             except CacheError:
                 entry = None  # the slow path below counts and handles it
             else:
-                if entry is not None and entry.kind is _VALUE:
+                if (
+                    entry is not None
+                    and entry.kind is _VALUE
+                    and self._epoch_floor <= entry.version < self._epoch_ceiling
+                ):
                     next(self._hits)
                     return self._loads(entry.payload)
         found = self.get_versioned(key)
@@ -165,7 +194,7 @@ class Store:
             self.stats.add("pending_repair_reads")
             return self._read_source(key)
         entry = self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
-        if entry is not _MISSING and entry is not None and entry.kind is _VALUE:
+        if entry is not _MISSING and self._current(entry):
             self.stats.add("hits")
             return self._hit(key, entry)
         self.stats.add("misses")
@@ -179,23 +208,20 @@ class Store:
                 return joined  # type: ignore[no-any-return]
         return self._leased_fill(key, ckey)
 
-    def _hit(self, key: str, entry: Entry) -> Versioned | None:
-        """A value from the cache, unless this process already read a newer one from the DB.
+    def _current(self, entry: Entry | None) -> bool:
+        """A value of the database epoch this process knows (older ones are misses)."""
+        return (
+            entry is not None
+            and entry.kind is _VALUE
+            and self._epoch_floor <= entry.version < self._epoch_ceiling
+        )
 
-        A read that went to the DB (lease busy, cache down, pending repair) may have
-        seen a version the cache does not hold yet; returning the cached one next
-        would go back in time for this process. So the DB read leaves a floor, and
-        a hit below it reads the DB again until the cache catches up.
-        """
-        if key in self._floors:
-            with self._floor_guard:  # check-then-act: atomic between threads
-                floor = self._floors.get(key)
-                below = floor is not None and entry.version < floor
-                if floor is not None and not below:
-                    del self._floors[key]  # the cache caught up
-            if below:
-                self.stats.add("below_floor")
-                return self._read_source(key)
+    def _hit(self, key: str, entry: Entry) -> Versioned | None:
+        """A value from the cache, unless this process already read a newer one from the DB
+        (its read floor, see ``floors``): then read the DB again."""
+        if key in self._floors and self.floors.below(key, entry.version):
+            self.stats.add("below_floor")
+            return self._read_source(key)
         return Versioned(self._loads(entry.payload), entry.version)
 
     def _join_local_flight(self, key: str, token: bytes) -> Any:
@@ -208,17 +234,19 @@ class Store:
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
-        if row.version < self._floors.get(key, 0):
+        if row.version < self.floors.version(key):
             return self._read_source(key)
         return self._versioned_row(row)
 
     def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
         token = os.urandom(8)
-        leased = self._cache_call(self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl)
+        leased = self._cache_call(
+            self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
+        )
         if leased is _MISSING:
             return self._read_source(key)
         outcome, found = leased
-        if outcome is LeaseOutcome.HIT and found is not None:
+        if outcome is LeaseOutcome.HIT and self._current(found):
             self.stats.add("late_hits")
             return self._hit(key, found)
         if outcome is LeaseOutcome.BUSY:
@@ -230,17 +258,32 @@ class Store:
             if waited is not None:
                 return waited
             return self._read_source(key)
+        if outcome is not LeaseOutcome.GRANTED:  # a value of a newer epoch: read the DB
+            return self._read_source(key)
         self.flights.lead(token)
         try:
-            row = self._read_source_row(key)
-            filled = Entry.tombstone(row.version) if row.payload is None else Entry.value(row.version, row.payload)
-            stored = self._cache_call(self.cache.fill, ckey, token, filled, ttl=self._ttl_for(filled))
+            row, stored = self._load_and_fill(key, ckey, token)
         except BaseException:
             self.flights.fail(token)
             raise
         self.flights.finish(token, row)
-        self.stats.add("fills" if stored is True else "fills_dropped")
+        self.stats.add("fills" if stored else "fills_dropped")
         return self._versioned_row(row)
+
+    def _load_and_fill(self, key: str, ckey: str, token: bytes) -> tuple[Row, bool]:
+        """Holding the lease ``token``: read the row (renewing the lease while the DB is
+        slow) and fill it. Returns the row and whether the fill landed."""
+        now = self.clock()
+        self._held[token] = (ckey, now, now)
+        try:
+            row = self._read_source_row(key)
+        finally:
+            self._held.pop(token, None)
+        filled = Entry.tombstone(row.version) if row.payload is None else Entry.value(row.version, row.payload)
+        stored = self._cache_call(
+            self.cache.fill, ckey, token, filled, ttl=self._ttl_for(filled), floor=self._epoch_floor
+        )
+        return row, stored is True
 
     def _wait_for_fill(self, key: str, ckey: str) -> Versioned | None:
         """Another process holds the lease: poll briefly for its fill."""
@@ -253,10 +296,10 @@ class Store:
             entry = self._cache_call(self.cache.get, ckey)
             if entry is _MISSING:
                 return None
-            if entry is not None and entry.kind is _VALUE:
+            if self._current(entry):
                 self.stats.add("late_hits")
                 return self._hit(key, entry)
-            if entry is None or entry.kind is Kind.TOMBSTONE:
+            if entry is None or entry.kind is not _LEASE:
                 return None  # the lease ended without a value: read the DB
         return None
 
@@ -274,13 +317,16 @@ class Store:
     def _read_source_row(self, key: str) -> Row:
         row = self.source.read(key)
         self.stats.add("source_reads")
+        self._learn_epoch(row.version)
         if self._versioned:
-            with self._floor_guard:
-                if row.version > self._floors.get(key, 0):
-                    if len(self._floors) >= FLOOR_KEYS:  # bounded: forget the oldest floor
-                        self._floors.pop(next(iter(self._floors)), None)
-                    self._floors[key] = row.version
+            for old_key, version in self.floors.raise_to(key, row.version):
+                self._push_floor(old_key, version)
         return row
+
+    def _push_floor(self, key: str, version: int) -> None:
+        """A floor leaving memory becomes a tombstone in the cache (see ``floors``)."""
+        outcome = self._conditional_write(self._prefix + key, Kind.TOMBSTONE, version, b"")
+        self.stats.add("floors_pushed" if outcome is not None else "floors_dropped")
 
     def _versioned_row(self, row: Row) -> Versioned | None:
         if row.payload is None:
@@ -293,9 +339,10 @@ class Store:
         """Write ``value`` to the database, then keep the cache current.
 
         Raises InvalidKeyError / InvalidValueError before anything is written, and
-        SourceError when the database write fails (the cache is then untouched).
-        Once started, the write and its cache update run to the end even if the
-        caller is cancelled.
+        SourceError when the database write fails (the cache is then untouched; if
+        the failure was ambiguous -- a lost reply -- a repair re-reads the key's
+        version and invalidates it at that). Once started, the write and its cache
+        update run to the end even if the caller is cancelled.
         """
         ckey = self._cache_key(key)
         payload = self._dumps(value)
@@ -313,39 +360,51 @@ class Store:
         it right after the COMMIT, with the version the database gave the committed row
         (``RETURNING version``, the ORM's fetched version counter) -- never one the
         application made up. Runs the same cache step as :meth:`put`: conditional
-        versioned write, failure ladder, repair record, read-your-writes.
+        versioned write, failure ladder, repair record, read-your-writes. The version
+        is put in the database epoch this store last saw (``epochs``).
         """
         ckey = self._cache_key(key)
-        checked = check_version(version)
+        checked = self._epoch_floor + check_version(version)
         payload = self._dumps(value)
         return shielded(self._cache_step(key, ckey, self._write_kind, checked, payload))
 
     def apply_delete(self, key: str, version: int) -> WriteResult:
         """The application deleted ``key`` itself; ``version`` is the delete's (see :meth:`apply_write`)."""
         ckey = self._cache_key(key)
-        checked = check_version(version)
+        checked = self._epoch_floor + check_version(version)
         return shielded(self._cache_step(key, ckey, Kind.TOMBSTONE, checked, b""))
 
-    def _cache_step(self, key: str, ckey: str, kind: Kind, version: int, payload: bytes) -> WriteResult:
+    def _cache_step(
+        self, key: str, ckey: str, kind: Kind, version: int, payload: bytes, outbox_ids: tuple[int, ...] = ()
+    ) -> WriteResult:
         data = payload if kind is _VALUE else b""
         if not self._versioned:
             return WriteResult(key, version, self._naive_write(ckey, kind, version, data))
-        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data))
+        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data, outbox_ids))
 
     def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
         outbox_ids: tuple[int, ...] = ()
-        if self._outbox is not None:  # the row and its outbox row, in one transaction
-            logged = (
-                self._outbox.delete_logged(key) if payload is None else self._outbox.write_logged(key, payload)
-            )
-            version, outbox_ids = logged.version, (logged.outbox_id,)
-        else:
-            version = (self.source.delete(key) if payload is None else self.source.write(key, payload))
+        try:
+            if self._outbox is not None:  # the row and its outbox row, in one transaction
+                logged = (
+                    self._outbox.delete_logged(key) if payload is None else self._outbox.write_logged(key, payload)
+                )
+                version, outbox_ids = logged.version, (logged.outbox_id,)
+            else:
+                version = (self.source.delete(key) if payload is None else self.source.write(key, payload))
+        except _AMBIGUOUS:
+            # The statement may have committed and only its reply been lost: until a
+            # repair has read the key's version back and invalidated it, this process
+            # reads the key from the DB, and others are bounded by the repair.
+            if self._versioned:
+                self._record(Repair(key, 0, self.clock(), verify=True))
+            raise
         self.stats.add("source_writes")
-        data = b"" if payload is None or kind is not _VALUE else payload
-        if not self._versioned:
-            return WriteResult(key, version, self._naive_write(ckey, kind, version, data))
-        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data, outbox_ids))
+        self._learn_epoch(version)
+        result = self._cache_step(key, ckey, kind, version, payload or b"", outbox_ids)
+        if self._worker is None and self._outbox is not None and len(self._outbox_done) >= OUTBOX_BATCH:
+            self._clear_outbox(self._outbox)  # no worker clears them: keep them bounded
+        return result
 
     def _naive_write(self, ckey: str, kind: Kind, version: int, payload: bytes) -> CacheOutcome:
         try:
@@ -367,8 +426,11 @@ class Store:
         """conditional set -> retries with backoff -> tombstone -> repair record, in budget."""
         deadline = self.clock() + self.settings.write_budget
         attempt = 0
+        token = os.urandom(8) if kind is _VALUE and self._cold_lease else None
         while self.breaker.allow():
-            outcome = self._conditional_write(ckey, kind, version, payload)
+            outcome = self._conditional_write(ckey, kind, version, payload, token)
+            if outcome is WriteOutcome.LEASED and token is not None:
+                return self._cold_fill(key, ckey, token, version, outbox_ids)
             if outcome is not None:
                 self._settled(key, version, outbox_ids)
                 return public_outcome(outcome, kind)
@@ -376,16 +438,37 @@ class Store:
             if attempt > self.settings.retry.retries:
                 if kind is not _VALUE:
                     break
-                kind, payload = Kind.TOMBSTONE, b""  # a smaller write, as safe
+                kind, payload, token = Kind.TOMBSTONE, b"", None  # a smaller write, as safe
             pause = self.settings.retry.backoff(attempt)
             if self.clock() + pause >= deadline:
                 break
             self.sleep(pause)
-        self.repairs.record(Repair(key, kind, version, payload, self.clock(), outbox_ids))
-        self.stats.add("repairs_recorded")
+        self._record(Repair(key, version, self.clock(), outbox_ids))
         return CacheOutcome.PENDING_REPAIR
 
-    def _conditional_write(self, ckey: str, kind: Kind, version: int, payload: bytes) -> WriteOutcome | None:
+    def _cold_fill(
+        self, key: str, ckey: str, token: bytes, version: int, outbox_ids: tuple[int, ...]
+    ) -> CacheOutcome:
+        """The key was empty and the write took its lease: read the row back and fill it,
+        so the next read is a hit (one more DB read and cache write, cold keys only)."""
+        self.stats.add("cold_writes")
+        try:
+            row, stored = self._load_and_fill(key, ckey, token)
+        except SourceError:
+            # The lease expires within lease_ttl and leaves the key empty: readers fill.
+            stored, row = False, Row(version, None)
+        if stored:
+            self._settled(key, row.version, outbox_ids)
+            if row.payload is not None:
+                return CacheOutcome.UPDATED
+        elif outbox_ids and self._outbox is not None:
+            self._outbox_done.extend(outbox_ids)  # a newer write took the key: it settles it
+        # A newer write took the key, or the row is gone: readers go to the database.
+        return CacheOutcome.INVALIDATED
+
+    def _conditional_write(
+        self, ckey: str, kind: Kind, version: int, payload: bytes, token: bytes | None = None
+    ) -> WriteOutcome | None:
         try:
             outcome = self.cache.write(
                 ckey,
@@ -394,17 +477,26 @@ class Store:
                 payload,
                 ttl=self._jittered(self.settings.ttl),
                 tombstone_ttl=self.settings.tombstone_ttl,
-                on_empty=self.settings.on_empty,
+                token=token,
+                lease_ttl=self.settings.lease_ttl,
+                floor=self._epoch_floor,
             )
         except CacheError:
             self.stats.add("cache_write_failures")
             self.breaker.failure()
             return None
+        except BaseException:  # cancelled mid-call: no verdict, free the probe
+            self.breaker.release()
+            raise
         self.breaker.success()
         self.stats.add("cache_writes")
         if outcome in (WriteOutcome.SUPERSEDED, WriteOutcome.KEPT):
             self.stats.add("stale_rejected")
         return outcome
+
+    def _record(self, repair: Repair) -> None:
+        self.repairs.record(repair)
+        self.stats.add("repairs_recorded")
 
     def _settled(self, key: str, version: int, outbox_ids: tuple[int, ...]) -> None:
         """The cache holds ``version`` of ``key`` or newer: drop older repairs, clear outbox rows."""
@@ -421,10 +513,19 @@ class Store:
         for repair in self.repairs.snapshot():
             if not self.breaker.allow():
                 break
+            version = repair.version
+            if repair.verify:  # a lost reply: what did the database commit?
+                try:
+                    version = (self.source.read(repair.key)).version
+                except SourceError:
+                    self.breaker.release()
+                    break
             ckey = self._prefix + repair.key
-            if self._conditional_write(ckey, repair.kind, repair.version, repair.payload) is None:
+            if self._conditional_write(ckey, Kind.TOMBSTONE, version, b"") is None:
                 break
-            self._settled(repair.key, repair.version, ())
+            if repair.verify:
+                self.repairs.done(repair)
+            self._settled(repair.key, version, repair.outbox_ids)
             self.stats.add("repairs_applied")
             applied += 1
         if self._outbox is not None:
@@ -438,12 +539,9 @@ class Store:
         between its commit and its cache write (race 4). Its repair is a tombstone
         of its version: always safe, whatever happened since.
         """
-        done, self._outbox_done = self._outbox_done, []
-        if done:
-            outbox.outbox_done(done)
-            self.stats.add("outbox_batches")
-        if not self.breaker.allow():
-            return 0
+        self._clear_outbox(outbox)
+        if not self.breaker.closed:
+            return 0  # the ladder's writes and the repairs above probe the cache
         rows = outbox.outbox_claim(self.settings.outbox_grace, 100, 30.0)
         finished: list[int] = []
         for row in rows:
@@ -457,6 +555,55 @@ class Store:
             for _ in finished:
                 self.stats.add("outbox_repairs")
         return len(finished)
+
+    def _clear_outbox(self, outbox: OutboxSource) -> None:
+        done, self._outbox_done = self._outbox_done, []
+        if done:
+            outbox.outbox_done(done)
+            self.stats.add("outbox_batches")
+
+    # -- background: lease renewal, epoch checks, repairs -------------------------
+
+    def _tick(self) -> None:
+        """Run by the worker every ``min(repair_interval, lease_ttl / 4)`` seconds."""
+        self._renew_leases()
+        if self.clock() >= self._next_epoch_check:
+            self._check_epoch()
+        self.floors.expire()
+        self.repair_once()
+
+    def _renew_leases(self) -> None:
+        """Leases held while the DB is slow are renewed (by their token) before they lapse."""
+        now = self.clock()
+        every = self.settings.lease_ttl / 3
+        for token, (ckey, taken, renewed) in list(self._held.items()):
+            if now - renewed < every or now - taken > LEASE_RENEW_FOR:
+                continue
+            kept = self._cache_call(
+                self.cache.renew, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
+            )
+            if token in self._held:
+                self._held[token] = (ckey, taken, now)
+            self.stats.add("lease_renewals" if kept is True else "lease_renewals_lost")
+
+    def _check_epoch(self) -> None:
+        """Ask the source for the current database epoch (``epochs``), if it keeps one."""
+        self._next_epoch_check = self.clock() + self.settings.epoch_refresh
+        current = getattr(self.source, "epoch", None)
+        if current is None:
+            return
+        try:
+            epoch = current()
+        except SourceError:
+            return
+        self._learn_epoch(epoch * EPOCH_SPAN)
+
+    def _learn_epoch(self, version: int) -> None:
+        if version >= self._epoch_ceiling:
+            epoch = version // EPOCH_SPAN
+            self._epoch_floor = epoch * EPOCH_SPAN
+            self._epoch_ceiling = self._epoch_floor + MAX_ROW_VERSION + 1
+            self.stats.add("epoch_changes")
 
     # -- helpers -----------------------------------------------------------------
 
@@ -473,13 +620,21 @@ class Store:
         return self._prefix + check_key(key, self._max_key)
 
     def _cache_call(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Call the cache; on a CacheError, count it and return _MISSING."""
+        """Call the cache; on a CacheError, count it and return _MISSING (a garbage
+        entry is a miss: None, and the next write or fill replaces it)."""
         try:
             result = method(*args, **kwargs)
+        except CacheDataError:
+            self.stats.add("cache_data_errors")
+            self.breaker.success()  # the server answered
+            return None
         except CacheError:
             self.stats.add("cache_read_failures")
             self.breaker.failure()
             return _MISSING
+        except BaseException:  # cancelled mid-call: no verdict, free the probe
+            self.breaker.release()
+            raise
         self.breaker.success()
         return result
 

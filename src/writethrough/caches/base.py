@@ -3,14 +3,21 @@
 A backend stores :class:`~writethrough.protocol.Entry` objects under string keys
 and applies the protocol's decisions *atomically*; it never decides policy
 (strategies, retries, the failure ladder): that is the store's job. Every method
-may raise a :class:`~writethrough.errors.CacheError`.
+may raise a :class:`~writethrough.errors.CacheError`; ``get`` raises
+:class:`~writethrough.errors.CacheDataError` for an entry it cannot decode (the
+store treats it as a miss; the next write or fill replaces it).
+
+``floor``: entries below it (an older database epoch, see ``epochs``) count as
+absent. ``token`` (on ``write``): a write-through onto a key that proves nothing
+takes a writer lease with it (``WriteOutcome.LEASED``); the writer then reads the
+row and ``fill``s it.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 
 
 class Cache(Protocol):
@@ -35,12 +42,16 @@ class Cache(Protocol):
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome:
         """Conditional write of a committed version (``protocol.decide_write``), atomically."""
         ...
 
-    def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+    def lease(
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
+    ) -> tuple[LeaseOutcome, Entry | None]:
         """Take the fill lease if the key holds no value (``protocol.decide_lease``).
 
         Returns the outcome and the entry found: the value for HIT, the other
@@ -48,8 +59,12 @@ class Cache(Protocol):
         """
         ...
 
-    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0) -> bool:
         """Store a loaded entry if the lease still allows it (``protocol.decide_fill``)."""
+        ...
+
+    def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool:
+        """Extend the caller's own lease (``protocol.decide_renew``): a slow database read."""
         ...
 
     def set(self, key: str, entry: Entry, *, ttl: float) -> None:
@@ -81,14 +96,18 @@ class AsyncCache(Protocol):
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome: ...
 
     async def lease(
-        self, key: str, token: bytes, *, lease_ttl: float
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
     ) -> tuple[LeaseOutcome, Entry | None]: ...
 
-    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool: ...
+    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0) -> bool: ...
+
+    async def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool: ...
 
     async def set(self, key: str, entry: Entry, *, ttl: float) -> None: ...
 

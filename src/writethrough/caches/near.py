@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import ConfigError
-from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .base import AsyncCache, Cache
 from .memory import MemoryCache
 
@@ -364,29 +364,38 @@ class NearCache:
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome:
         self.coherence.invalidate(key)
         try:
             return self.inner.write(
-                key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, on_empty=on_empty
-            )
+                key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, token=token,
+                lease_ttl=lease_ttl, floor=floor,
+            )  # fmt: skip
         finally:
             self.coherence.invalidate(key)
 
-    def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+    def lease(
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
+    ) -> tuple[LeaseOutcome, Entry | None]:
         self.coherence.invalidate(key)
         try:
-            return self.inner.lease(key, token, lease_ttl=lease_ttl)
+            return self.inner.lease(key, token, lease_ttl=lease_ttl, floor=floor)
         finally:
             self.coherence.invalidate(key)
 
-    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0) -> bool:
         self.coherence.invalidate(key)
         try:
-            return self.inner.fill(key, token, entry, ttl=ttl)
+            return self.inner.fill(key, token, entry, ttl=ttl, floor=floor)
         finally:
             self.coherence.invalidate(key)
+
+    def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool:
+        # A lease is never held in the L1; renewing one changes nothing a reader sees there.
+        return self.inner.renew(key, token, lease_ttl=lease_ttl, floor=floor)
 
     def set(self, key: str, entry: Entry, *, ttl: float) -> None:
         self.coherence.invalidate(key)
@@ -470,31 +479,39 @@ class AsyncNearCache:
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome:
         self.coherence.invalidate(key)
         try:
             return await self.inner.write(
-                key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, on_empty=on_empty
-            )
+                key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, token=token,
+                lease_ttl=lease_ttl, floor=floor,
+            )  # fmt: skip
         finally:
             self.coherence.invalidate(key)
 
     async def lease(
-        self, key: str, token: bytes, *, lease_ttl: float
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
     ) -> tuple[LeaseOutcome, Entry | None]:
         self.coherence.invalidate(key)
         try:
-            return await self.inner.lease(key, token, lease_ttl=lease_ttl)
+            return await self.inner.lease(key, token, lease_ttl=lease_ttl, floor=floor)
         finally:
             self.coherence.invalidate(key)
 
-    async def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
+    async def fill(
+        self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0
+    ) -> bool:
         self.coherence.invalidate(key)
         try:
-            return await self.inner.fill(key, token, entry, ttl=ttl)
+            return await self.inner.fill(key, token, entry, ttl=ttl, floor=floor)
         finally:
             self.coherence.invalidate(key)
+
+    async def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool:
+        return await self.inner.renew(key, token, lease_ttl=lease_ttl, floor=floor)
 
     async def set(self, key: str, entry: Entry, *, ttl: float) -> None:
         self.coherence.invalidate(key)

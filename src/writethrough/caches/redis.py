@@ -23,7 +23,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
 from .._async.redis_cache import AsyncRedisCache, AsyncRedisClusterCache
-from .._sync.redis_cache import RedisCache, RedisClusterCache
+from .._async.redis_cache import LifetimeCheck as AsyncLifetimeCheck
+from .._sync.redis_cache import LifetimeCheck, RedisCache, RedisClusterCache, check_lifetime
 from ..errors import ConfigError
 from ..urls import ParsedURL
 from .redis_codec import client_options, mapped_errors
@@ -41,6 +42,13 @@ __all__ = [
 
 
 ASYNC_CLUSTER_CONCURRENCY = 4
+
+
+def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = False) -> type[Any]:
+    """``base`` (a redis-py connection class) checking the server's lifetime on connect."""
+    mixin = AsyncLifetimeCheck if asyncio else LifetimeCheck
+    name = f"Lifetime{'Cluster' if cluster else ''}{base.__name__}"
+    return type(name, (mixin, base), {"wt_cluster": cluster})
 
 
 def _standalone(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +81,8 @@ def from_url(url: ParsedURL, **options: Any) -> RedisCache:
     ``pool_timeout`` for one instead of failing at once.
     """
     kwargs = _standalone(url, options)
-    if kwargs.pop("ssl", False):
-        kwargs["connection_class"] = redis.SSLConnection
+    ssl = kwargs.pop("ssl", False)
+    kwargs["connection_class"] = lifetime_checked(redis.SSLConnection if ssl else redis.Connection)
     pool = redis.BlockingConnectionPool(retry=Retry(NoBackoff(), 0), **kwargs)  # type: ignore[no-untyped-call]
     return RedisCache(redis.Redis(connection_pool=pool))
 
@@ -83,6 +91,9 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     """The sync backend on a cluster (one or more seed nodes)."""
     seeds, kwargs = _cluster(url, options)
     nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
+    # RedisCluster picks each node's connection class itself (SSL or not); it calls this
+    # after the connection's own set-up, before the connection's first command.
+    kwargs["redis_connect_func"] = lambda conn: check_lifetime(conn, True)
     with mapped_errors():
         client = RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
     return RedisClusterCache(client, max_concurrency=kwargs["max_connections"])
@@ -91,8 +102,9 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
 def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
     """The asyncio backend on one server (redis.asyncio)."""
     kwargs = _standalone(url, options)
-    if kwargs.pop("ssl", False):
-        kwargs["connection_class"] = redis.asyncio.SSLConnection
+    ssl = kwargs.pop("ssl", False)
+    base = redis.asyncio.SSLConnection if ssl else redis.asyncio.Connection
+    kwargs["connection_class"] = lifetime_checked(base, asyncio=True)
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     kwargs.pop("timeout")
     # A plain pool behind a semaphore of the same size: tasks beyond max_connections
@@ -106,9 +118,15 @@ def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
 def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterCache:
     """The asyncio backend on a cluster; it connects on first use."""
     seeds, kwargs = _cluster(url, options)
-    nodes = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in seeds]
+    base = redis.asyncio.SSLConnection if kwargs.get("ssl") else redis.asyncio.Connection
+    checked = lifetime_checked(base, cluster=True, asyncio=True)
+    nodes = [redis.asyncio.cluster.ClusterNode(host, port, connection_class=checked)
+             for host, port in seeds]
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
     client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    # The client made its own choice of connection class (SSL or not) for the nodes it
+    # discovers; they are made from this dict later, on first use.
+    client.connection_kwargs["connection_class"] = checked
     # redis-py 8.1's asyncio cluster client loses connections ("'NoneType' object has no
     # attribute 'writelines'", "Connection closed by server") when more than a few
     # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.

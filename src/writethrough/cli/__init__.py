@@ -19,14 +19,18 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import WritethroughError
+from .advise import add_advise, run_advise
 from .args import Adder, Runner
 from .bench import add_bench, run_bench
 from .chaos import add_chaos, run_chaos
+from .check import add_check, run_check
 from .compare import add_compare, run_compare
+from .epoch import add_epoch, run_epoch
 from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
 from .repair import add_repair, run_repair
+from .top import add_top, run_top
 
 COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
@@ -34,6 +38,10 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "chaos": (add_chaos, run_chaos),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
+    "check": (add_check, run_check),
+    "advise": (add_advise, run_advise),
+    "top": (add_top, run_top),
+    "epoch": (add_epoch, run_epoch),
     "bench": (add_bench, run_bench),
 }
 

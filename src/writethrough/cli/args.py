@@ -76,3 +76,17 @@ def add_table_args(parser: argparse.ArgumentParser) -> None:
     add("--key-column", required=True, help="its unique key column (cache key = its text)")
     add("--namespace", required=True, help="cache namespace: entries are wt:<namespace>:<key>")
     add("--version-column", default="version", help="bigint version column (version)")
+
+
+def add_operating_args(parser: argparse.ArgumentParser) -> None:
+    """``--metrics-port --metrics-addr --status-interval --log-format``: a long-running command."""
+    add = parser.add_argument
+    add("--metrics-port", type=int_at_least(0), default=None, metavar="PORT",
+        help="expose Prometheus /metrics on this port (0: a free one, logged); "
+             "needs writethrough[metrics]")
+    add("--metrics-addr", default="0.0.0.0", metavar="ADDR",
+        help="address the metrics endpoint listens on (0.0.0.0)")
+    add("--status-interval", type=positive_float, default=30.0, metavar="SECONDS",
+        help="log a status line every SECONDS (30)")
+    add("--log-format", choices=("text", "json"), default="text",
+        help="status lines as text (key=value) or JSON lines (text)")

@@ -5,13 +5,16 @@
           --namespace profiles --table profiles --key-column id --strategy write-through
     $ writethrough listen ... --once        # apply what is queued, then exit
 
-``listen`` runs until Ctrl-C (or SIGTERM), then prints how many events it applied and
-the lag from each change to its cache write (p50 / p99).
+``listen`` runs until Ctrl-C (or SIGTERM), logging a status line (events applied, lag
+p50 / p99, backlog) every ``--status-interval`` seconds and serving Prometheus metrics on
+``--metrics-port``; at the end it prints how many events it applied and the lag from each
+change to its cache write (p50 / p99).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import threading
 from types import FrameType
@@ -19,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from .args import Subparsers, add_table_args, positive_float
+from .args import Subparsers, add_operating_args, add_table_args, positive_float
+from .operating import operating
 
 if TYPE_CHECKING:
     from ..events import Listener
@@ -47,25 +51,28 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
     add("--poll-interval", type=positive_float, default=1.0,
         help="seconds between drains without a notification (1)")
     add("--once", action="store_true", help="apply what is queued, then exit")
+    add_operating_args(parser)
     return parser
 
 
 def run_listen(args: argparse.Namespace) -> int:
+    """Run ``writethrough listen``; return the exit code."""
     from ..events import Keyspace, Listener
+    from ..observe.status import listener_fields
 
     space = Keyspace(args.namespace, args.table, args.key_column, args.strategy, ttl=args.ttl,
                      value_column=args.value_column, version_column=args.version_column)
     err = Console(stderr=True, highlight=False)
     with Listener(args.source, args.cache, {space.namespace: space},
                   poll_interval=args.poll_interval) as listener:
-        try:
-            if args.once:
-                listener.drain_once()
-            else:
-                err.print(f"listening for {space.namespace!r} ({space.strategy}); Ctrl-C stops")
+        if args.once:
+            listener.drain_once()
+        else:
+            err.print(f"listening for {space.namespace!r} ({space.strategy}); Ctrl-C stops")
+            fields = listener_fields(listener)
+            with (operating(args, lambda c: c.add_listener(listener), fields),
+                  contextlib.suppress(KeyboardInterrupt)):
                 _run_until_signal(listener)
-        except KeyboardInterrupt:
-            pass
         _summary(listener)
     return 0
 

@@ -4,6 +4,9 @@
           --namespace profiles            # runs until Ctrl-C
     $ writethrough repair ... --once      # drain what is there, then exit
 
+Runs until Ctrl-C (or SIGTERM), logging a status line every ``--status-interval`` seconds
+and serving Prometheus metrics on ``--metrics-port``.
+
 Writers that use ``durability="outbox"`` leave an outbox row per write, cleared
 once their cache write landed. Rows older than ``--grace`` belong to writers that
 died or could not reach the cache: this applies a tombstone of each row's version
@@ -13,14 +16,17 @@ died or could not reach the cache: this applies a tombstone of each row's versio
 from __future__ import annotations
 
 import argparse
-import time
+import signal
+import threading
+from types import FrameType
 
 from rich.console import Console
 
 import writethrough
 
 from ..store import Store
-from .args import Subparsers
+from .args import Subparsers, add_operating_args
+from .operating import operating
 
 
 def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -37,6 +43,7 @@ def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
                         help="seconds an outbox row may belong to a live writer (5)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (0.5)")
     parser.add_argument("--once", action="store_true", help="drain what is there, then exit")
+    add_operating_args(parser)
     return parser
 
 
@@ -47,7 +54,13 @@ def run_repair(args: argparse.Namespace) -> int:
         source=args.source, cache=args.cache, namespace=args.namespace,
         durability="outbox", outbox_grace=args.grace, repair_worker=False,
     ) as store:
-        total = drain(store) if args.once else _forever(store, args.interval, console)
+        if args.once:
+            total = drain(store)
+        else:
+            from ..observe.status import store_fields
+
+            with operating(args, lambda c: c.add_store(store), store_fields(store)):
+                total = _forever(store, args.interval, console)
     Console(highlight=False).print(f"repaired {total} outbox row(s) in namespace {args.namespace!r}")
     return 0
 
@@ -61,14 +74,23 @@ def drain(store: Store) -> int:
 
 
 def _forever(store: Store, interval: float, console: Console) -> int:
-    total = 0
+    """Drain every ``interval`` seconds until Ctrl-C or SIGTERM."""
+    total, stop = 0, threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
     console.print(f"repairing namespace {store.namespace!r} every {interval}s; Ctrl-C stops")
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        while True:
+        while not stop.is_set():
             applied = drain(store)
             if applied:
                 total += applied
                 console.print(f"repaired {applied} (total {total})")
-            time.sleep(interval)
+            stop.wait(interval)
     except KeyboardInterrupt:
-        return total
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return total

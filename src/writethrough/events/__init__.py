@@ -15,10 +15,11 @@ Needs psycopg (``pip install 'writethrough[postgres]'``).
 
 from __future__ import annotations
 
-from .listener import Keyspace, LagPercentiles, Listener, ListenerStats, Strategy
+from .listener import Backlog, Keyspace, LagPercentiles, Listener, ListenerStats, Strategy
 from .triggers import Installed, install_triggers, uninstall_triggers
 
 __all__ = [
+    "Backlog",
     "Installed",
     "Keyspace",
     "LagPercentiles",

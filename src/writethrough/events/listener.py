@@ -17,6 +17,7 @@ JSON serializer reads back.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -33,7 +34,7 @@ from psycopg.pq import TransactionStatus
 from ..caches import open_cache
 from ..caches.base import Cache
 from ..errors import CacheError, ConfigError, SourceError, SourceUnavailable
-from ..protocol import Kind, OnEmpty, WriteOutcome
+from ..protocol import Entry, Kind, OnEmpty, WriteOutcome
 from ..repair import RetryPolicy
 from .triggers import (
     CHANNEL,
@@ -55,6 +56,10 @@ _CLAIM = (
     "FOR UPDATE SKIP LOCKED"
 )
 _DONE = "DELETE FROM writethrough_events WHERE id = ANY(%s)"
+_BACKLOG = (
+    "SELECT count(*), COALESCE(extract(epoch FROM clock_timestamp() - min(created_at)), 0)::float8 "
+    "FROM writethrough_events WHERE namespace = ANY(%s)"
+)
 _ROUNDS = 3  # value writes per key and batch while its row keeps moving, then a tombstone
 
 
@@ -66,10 +71,9 @@ class Keyspace:
 
     ``strategy``: ``"invalidate"`` stores a tombstone of the event's version;
     ``"write-through"`` stores the row's current value with the row's version (a tombstone
-    if the row is gone). ``on_empty``: what a write-through stores on a key the cache does
-    not hold -- the value (default here, unlike the store: after storing, the listener
-    re-reads the row's version and, if it moved on, stores the newer row again, so an
-    older value cannot stay where a newer entry was evicted: race 6) or ``"tombstone"``.
+    if the row is gone). ``on_empty``: what a write-through does on a key the cache does
+    not hold -- ``"lease"`` (a writer lease, the row read again, then filled: race 6 stays
+    closed and the next read is a hit) or ``"tombstone"``.
     """
 
     namespace: str
@@ -80,7 +84,7 @@ class Keyspace:
     tombstone_ttl: float | None = None  # None: min(ttl, 30 s), as the store
     value_column: str | None = None  # None: the whole row as JSON
     version_column: str = "version"
-    on_empty: OnEmpty = "value"
+    on_empty: OnEmpty = "lease"
     ttl_jitter: float = 0.1
 
     def __post_init__(self) -> None:
@@ -92,8 +96,8 @@ class Keyspace:
             identifier(self.value_column, "value column")
         if self.strategy not in ("write-through", "invalidate"):
             raise ConfigError(f"strategy must be write-through or invalidate: {self.strategy!r}")
-        if self.on_empty not in ("value", "tombstone"):
-            raise ConfigError(f"on_empty must be value or tombstone: {self.on_empty!r}")
+        if self.on_empty not in ("lease", "tombstone"):
+            raise ConfigError(f"on_empty must be lease or tombstone: {self.on_empty!r}")
         for name in ("ttl", "tombstone_ttl"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int | float) or not value > 0):
@@ -114,6 +118,14 @@ class LagPercentiles:
     p50: float
     p99: float
     max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """Change events waiting to be applied: how many, and the oldest one's age (seconds)."""
+
+    events: int
+    oldest_age: float
 
 
 @dataclass(slots=True)
@@ -192,6 +204,8 @@ class Listener:
         self._random = random.Random()
         self._conn: Connection | None = None
         self._listen: Connection | None = None
+        self._observer: Connection | None = None  # backlog(): never the drain's connection
+        self._observer_lock = threading.Lock()
         self._owns_cache = isinstance(cache_url, str)
         self.cache: Cache = open_cache(cache_url) if isinstance(cache_url, str) else cache_url
         try:
@@ -243,6 +257,10 @@ class Listener:
         self._closing.set()
         with self._running:
             self._close_connections()
+        with self._observer_lock:
+            if self._observer is not None:
+                self._observer.close()
+                self._observer = None
         if self._owns_cache:
             self._owns_cache = False  # closed once
             self.cache.close()
@@ -268,10 +286,38 @@ class Listener:
             if not full:
                 return total
 
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces this listener applies, sorted."""
+        return list(self._namespaces)
+
+    def backlog(self) -> Backlog:
+        """Events waiting in ``writethrough_events`` for this listener's namespaces (claimed
+        ones included), read on a connection of its own so a drain is never held up.
+        Raises SourceError if the database does not answer."""
+        with self._observer_lock:
+            if self._closing.is_set():
+                raise SourceUnavailable("the listener is closed")
+            conn = self._observer
+            try:
+                if conn is None or conn.closed:
+                    conn = self._observer = self._target.connect(autocommit=True, setup=sql.SQL(
+                        "SET statement_timeout = {}").format(self._statement_timeout))
+                with self._target.errors():
+                    row = conn.execute(_BACKLOG, (self._namespaces,)).fetchone()
+            except BaseException:
+                if self._observer is not None:
+                    self._observer.close()
+                    self._observer = None
+                raise
+        events, age = row if row is not None else (0, 0.0)
+        return Backlog(int(events), float(age))
+
     def lag_percentiles(self) -> LagPercentiles:
         """p50 / p99 / max of the last ``lag_samples`` events' change-to-cache lag."""
         with self._lock:
-            lags = sorted(self._lags)
+            lags = list(self._lags)
+        lags.sort()  # outside the drain lock: a scrape never holds up a drain
         if not lags:
             return LagPercentiles(0, 0.0, 0.0, 0.0)
 
@@ -314,46 +360,56 @@ class Listener:
             return len(rows), len(rows) == self.batch_size
 
     def _apply(self, conn: Connection, plan: _Plan, keys: dict[str, int]) -> None:
-        """Write each key's newest event to the cache (one write per key per batch)."""
+        """Write each key's newest event to the cache (one write per key per batch).
+
+        Write-through onto a key the cache does not hold takes a writer lease
+        (``protocol.decide_write``); the row is then read again, after the lease,
+        and filled: a newer write in between replaces the lease and drops the fill.
+        """
         if plan.read is None or plan.versions is None:  # invalidate
             for key, version in keys.items():
                 self._write(plan, key, Kind.TOMBSTONE, version)
             return
-        pending, now = keys, {}  # key -> the least version it may store
-        for _ in range(_ROUNDS):
-            found = {k: (int(v), p) for k, v, p in conn.execute(plan.read, (list(pending),))}
-            stored: dict[str, int] = {}
-            for key, least in pending.items():
-                row = found.get(key)
-                if row is None or row[0] < least:  # deleted since: a tombstone is safe
-                    self._write(plan, key, Kind.TOMBSTONE, least)
-                    continue
-                payload = row[1].encode() if isinstance(row[1], str) else b"null"
-                if self._write(plan, key, Kind.VALUE, row[0], payload) is WriteOutcome.STORED_VALUE:
-                    stored[key] = row[0]
-            if not stored or plan.keyspace.on_empty != "value":
-                return
-            # A value stored onto an empty key may have landed after a newer version was
-            # written and evicted (race 6): if the row moved on meanwhile, store it again.
-            now = {k: int(v) for k, v in conn.execute(plan.versions, (list(stored),))}
-            pending = {k: v + 1 for k, v in stored.items() if now.get(k) != v}
-            self.stats.rechecked += len(pending)
-            if not pending:
-                return
-        for key, least in pending.items():  # still moving: a tombstone is always safe
-            self._write(plan, key, Kind.TOMBSTONE, max(now.get(key, 0), least))
+        found = {k: (int(v), p) for k, v, p in conn.execute(plan.read, (list(keys),))}
+        leased: dict[str, tuple[bytes, int]] = {}
+        for key, least in keys.items():
+            row = found.get(key)
+            if row is None or row[0] < least:  # deleted since: a tombstone is safe
+                self._write(plan, key, Kind.TOMBSTONE, least)
+                continue
+            payload = row[1].encode() if isinstance(row[1], str) else b"null"
+            token = os.urandom(8) if plan.keyspace.on_empty == "lease" else None
+            if self._write(plan, key, Kind.VALUE, row[0], payload, token) is WriteOutcome.LEASED:
+                assert token is not None
+                leased[key] = (token, row[0])
+        if not leased:
+            return
+        again = {k: (int(v), p) for k, v, p in conn.execute(plan.read, (list(leased),))}
+        space = plan.keyspace
+        for key, (token, version) in leased.items():
+            row = again.get(key)
+            if row is None:
+                entry = Entry.tombstone(version, fresh=False)
+                ttl = space.tombstone_seconds
+            else:
+                entry = Entry.value(row[0], row[1].encode() if isinstance(row[1], str) else b"null")
+                ttl = space.ttl * (1.0 - space.ttl_jitter * self._random.random())
+            if self.cache.fill(plan.prefix + key, token, entry, ttl=ttl):
+                self.stats.values += 1
+            else:
+                self.stats.rechecked += 1
 
     def _write(self, plan: _Plan, key: str, kind: Kind, version: int,
-               payload: bytes = b"") -> WriteOutcome:
+               payload: bytes = b"", token: bytes | None = None) -> WriteOutcome:
         space = plan.keyspace
         ttl = space.ttl * (1.0 - space.ttl_jitter * self._random.random())
         outcome = self.cache.write(plan.prefix + key, kind, version, payload, ttl=ttl,
-                                   tombstone_ttl=space.tombstone_seconds, on_empty=space.on_empty)
+                                   tombstone_ttl=space.tombstone_seconds, token=token)
         if outcome is WriteOutcome.STORED_VALUE:
             self.stats.values += 1
         elif outcome is WriteOutcome.STORED_TOMBSTONE:
             self.stats.tombstones += 1
-        else:
+        elif outcome is not WriteOutcome.LEASED:
             self.stats.superseded += 1
         return outcome
 

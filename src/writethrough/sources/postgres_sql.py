@@ -31,12 +31,21 @@ _UNREACHABLE = ("", "08", "28", "3D", "53", "57", "58")
 OPTIONS = {"table", "pool_min", "pool_max", "connect_timeout", "statement_timeout_ms"}
 # libpq parameters passed through from the URL query as they are.
 LIBPQ_OPTIONS = {"sslmode", "sslrootcert", "sslcert", "sslkey", "application_name"}
-SQL_READ = "SELECT version, value FROM {} WHERE namespace = %s AND key = %s"
-SQL_UPSERT = (
-    "INSERT INTO {} AS t (namespace, key, value, version) VALUES (%s, %s, %s, 1) "
-    "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value, "
-    "version = t.version + 1 RETURNING version"
+# Every statement also returns the namespace's epoch (see ``epochs``): versions handed
+# to the cache are epoch * 10**19 + the row's own. At the bigint maximum the update does
+# not happen and nothing is returned: refused with a clear error, never wrapped.
+EPOCH_OF = "(SELECT coalesce(max(epoch), 0) FROM writethrough_epochs WHERE namespace IN ('', %(ns)s))"
+SQL_READ = (
+    "SELECT e.epoch, t.version, t.value FROM (SELECT " + EPOCH_OF + " AS epoch) e "
+    "LEFT JOIN {} t ON t.namespace = %(ns)s AND t.key = %(key)s"
 )
+SQL_UPSERT_ONLY = (
+    "INSERT INTO {} AS t (namespace, key, value, version) VALUES (%(ns)s, %(key)s, %(value)s, 1) "
+    "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value, "
+    "version = t.version + 1 WHERE t.version < 9223372036854775807 RETURNING version"
+)
+SQL_UPSERT = SQL_UPSERT_ONLY + ", " + EPOCH_OF
+SQL_EPOCH = "SELECT " + EPOCH_OF
 SQL_CREATE = (
     "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, key text NOT NULL, "
     "value bytea, version bigint NOT NULL, PRIMARY KEY (namespace, key))"
@@ -45,8 +54,8 @@ SQL_CREATE = (
 # commit together; claims use the server's clock and SKIP LOCKED, so repairers share rows.
 OUTBOX_TABLE = "writethrough_outbox"
 SQL_LOGGED = (
-    "WITH w AS (" + SQL_UPSERT + ") INSERT INTO {} (namespace, key, version, action) "
-    "SELECT %s, %s, version, %s FROM w RETURNING version, id"
+    "WITH w AS (" + SQL_UPSERT_ONLY + ") INSERT INTO {} (namespace, key, version, action) "
+    "SELECT %(ns)s, %(key)s, version, %(action)s FROM w RETURNING version, id, " + EPOCH_OF
 )
 SQL_CREATE_OUTBOX = (
     "CREATE TABLE IF NOT EXISTS {} (id bigserial PRIMARY KEY, namespace text NOT NULL, "
@@ -58,7 +67,8 @@ SQL_CLAIM = (
     "SELECT id FROM {0} WHERE namespace = %(ns)s "
     "AND created_at <= now() - make_interval(secs => %(older_than)s) "
     "AND (claimed_until IS NULL OR claimed_until < now()) "
-    "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING id, key, version, action"
+    "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING id, key, version, action, "
+    + EPOCH_OF
 )
 SQL_COLUMNS = """
 SELECT a.attname, a.atttypid::regtype::text, a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''

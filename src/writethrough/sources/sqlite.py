@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..epochs import MAX_ROW_VERSION, compose, split
+from ..epochs import TABLE as EPOCHS
 from ..errors import ConfigError, SourceConflict, SourceError, SourceTimeout, SourceUnavailable
 from ..urls import ParsedURL
 from .base import Logged, OutboxRow, Row
@@ -62,17 +64,28 @@ class SQLiteSource:
         self._shared_lock = threading.Lock() if path == ":memory:" else None
         self._closed = False
         t = table
-        self._sql_read = f"SELECT version, value FROM {t} WHERE namespace = ? AND key = ?"
+        # Every statement also returns the namespace's epoch (see ``epochs``): versions
+        # handed to the cache are epoch * 10**19 + the row's own.
+        epoch = f"(SELECT coalesce(max(epoch), 0) FROM {EPOCHS} WHERE namespace IN ('', ?))"
+        self._sql_read = (
+            f"SELECT e.epoch, t.version, t.value FROM (SELECT {epoch} AS epoch) e "
+            f"LEFT JOIN {t} t ON t.namespace = ? AND t.key = ?"
+        )
+        # At the bigint maximum the update does not happen and nothing is returned:
+        # refused with a clear error rather than wrapped (SQLite would turn it into a float).
         self._sql_write = (
             f"INSERT INTO {t} (namespace, key, value, version) VALUES (?, ?, ?, 1) "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value, "
-            f"version = {t}.version + 1 RETURNING version"
+            f"version = {t}.version + 1 WHERE {t}.version < {MAX_ROW_VERSION} "
+            f"RETURNING version, {epoch}"
         )
         self._sql_delete = (
             f"INSERT INTO {t} (namespace, key, value, version) VALUES (?, ?, NULL, 1) "
             "ON CONFLICT (namespace, key) DO UPDATE SET value = NULL, "
-            f"version = {t}.version + 1 RETURNING version"
+            f"version = {t}.version + 1 WHERE {t}.version < {MAX_ROW_VERSION} "
+            f"RETURNING version, {epoch}"
         )
+        self._sql_epoch = f"SELECT {epoch}"
         o = OUTBOX_TABLE
         self._sql_log = (
             f"INSERT INTO {o} (namespace, key, version, action, created_at) "
@@ -90,18 +103,40 @@ class SQLiteSource:
 
     def read(self, key: str) -> Row:
         with self._connection() as conn:
-            found = conn.execute(self._sql_read, (self.namespace, key)).fetchone()
-        if found is None:
-            return Row(0, None)
-        return Row(int(found[0]), None if found[1] is None else bytes(found[1]))
+            epoch, version, value = conn.execute(
+                self._sql_read, (self.namespace, self.namespace, key)
+            ).fetchone()
+        if version is None:
+            return Row(compose(int(epoch), 0), None)
+        return Row(compose(int(epoch), int(version)), None if value is None else bytes(value))
 
     def write(self, key: str, payload: bytes) -> int:
         with self._connection() as conn:
-            return int(conn.execute(self._sql_write, (self.namespace, key, payload)).fetchone()[0])
+            return self._versioned(conn.execute(self._sql_write, (self.namespace, key, payload, self.namespace)), key)
 
     def delete(self, key: str) -> int:
         with self._connection() as conn:
-            return int(conn.execute(self._sql_delete, (self.namespace, key)).fetchone()[0])
+            return self._versioned(conn.execute(self._sql_delete, (self.namespace, key, self.namespace)), key)
+
+    def epoch(self) -> int:
+        """The namespace's database epoch (``epochs``)."""
+        with self._connection() as conn:
+            return int(conn.execute(self._sql_epoch, (self.namespace,)).fetchone()[0])
+
+    def bump_epoch(self, reason: str, *, everything: bool = False) -> int:
+        """Move this namespace's epoch (or, ``everything``, the database's) past every
+        version handed out so far: after a restore, a TRUNCATE, a re-created table."""
+        with self._connection() as conn:
+            return bump_sqlite_epoch(conn, "" if everything else self.namespace, reason)
+
+    def _versioned(self, cursor: sqlite3.Cursor, key: str) -> int:
+        found = cursor.fetchone()
+        if found is None:
+            raise SourceError(
+                f"the version of {key!r} in {self.table} is at its maximum (2**63 - 1): "
+                "it cannot be written again"
+            )
+        return compose(int(found[1]), int(found[0]))
 
     # -- the outbox (durability="outbox") ------------------------------------------
 
@@ -113,8 +148,8 @@ class SQLiteSource:
 
     def _logged(self, statement: str, params: tuple[Any, ...], key: str, action: str) -> Logged:
         with self._connection() as conn, _transaction(conn):
-            version = int(conn.execute(statement, params).fetchone()[0])
-            row = (self.namespace, key, version, action, time.time())
+            version = self._versioned(conn.execute(statement, (*params, self.namespace)), key)
+            row = (self.namespace, key, split(version)[1], action, time.time())
             outbox_id = int(conn.execute(self._sql_log, row).fetchone()[0])
         return Logged(version, outbox_id)
 
@@ -124,7 +159,8 @@ class SQLiteSource:
             found = conn.execute(
                 self._sql_claimable, (self.namespace, now - older_than, now, limit)
             ).fetchall()
-            rows = [OutboxRow(int(i), str(k), int(v), str(a)) for i, k, v, a in found]
+            epoch = int(conn.execute(self._sql_epoch, (self.namespace,)).fetchone()[0])
+            rows = [OutboxRow(int(i), str(k), compose(epoch, int(v)), str(a)) for i, k, v, a in found]
             if rows:
                 marks = ",".join("?" * len(rows))
                 conn.execute(
@@ -184,6 +220,7 @@ class SQLiteSource:
         return conn
 
     def _create_or_adopt(self, conn: sqlite3.Connection) -> None:
+        conn.execute(SQLITE_CREATE_EPOCHS)
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "namespace TEXT NOT NULL, key TEXT NOT NULL, version INTEGER NOT NULL, "
@@ -236,6 +273,12 @@ class AsyncSQLiteSource:
     async def outbox_done(self, ids: list[int]) -> None:
         await asyncio.to_thread(self.inner.outbox_done, ids)
 
+    async def epoch(self) -> int:
+        return await asyncio.to_thread(self.inner.epoch)
+
+    async def bump_epoch(self, reason: str, *, everything: bool = False) -> int:
+        return await asyncio.to_thread(self.inner.bump_epoch, reason, everything=everything)
+
     async def close(self) -> None:
         await asyncio.to_thread(self.inner.close)
 
@@ -250,6 +293,28 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+SQLITE_CREATE_EPOCHS = (
+    f"CREATE TABLE IF NOT EXISTS {EPOCHS} (namespace TEXT PRIMARY KEY, "
+    "epoch INTEGER NOT NULL DEFAULT 0, reason TEXT, changed_at REAL)"
+)
+
+
+def bump_sqlite_epoch(conn: sqlite3.Connection, namespace: str, reason: str) -> int:
+    """``greatest(epoch + 1, now)`` for ``namespace`` ('' = the whole database); the new epoch."""
+    conn.execute(SQLITE_CREATE_EPOCHS)
+    current = conn.execute(
+        f"SELECT coalesce(max(epoch), 0) FROM {EPOCHS} WHERE namespace IN ('', ?)", (namespace,)
+    ).fetchone()[0]
+    epoch = max(int(current) + 1, int(time.time()))
+    conn.execute(
+        f"INSERT INTO {EPOCHS} (namespace, epoch, reason, changed_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (namespace) DO UPDATE SET epoch = excluded.epoch, reason = excluded.reason, "
+        "changed_at = excluded.changed_at",
+        (namespace, epoch, reason, time.time()),
+    )
+    return epoch
 
 
 class _Everywhere:

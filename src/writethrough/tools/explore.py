@@ -354,7 +354,9 @@ class _Explorer:
         while enabled := self.enabled(run):
             if depth < len(stack):
                 node = stack[depth]
-                assert node.enabled.keys() == enabled.keys(), "a replay diverged"
+                assert node.enabled.keys() == enabled.keys(), (
+                    f"a replay diverged at step {depth}: {sorted(node.enabled)} then "
+                    f"{sorted(enabled)}; log {run.log}")
             else:
                 sleep: dict[Tid, _Access] = {}
                 if stack and self.reduce:
@@ -468,7 +470,7 @@ def explore(
     protocol: ProtocolName, strategy: Strategy, *, writers: int = 2, readers: int = 2,
     faults: bool | tuple[str, ...] = True, deletes: int = 0, reads: int = 1,
     initial: Literal["warm", "cold"] = "warm", max_faults: int = 1, lease_wait: float = 0.0,
-    on_empty: OnEmpty = "tombstone", traces: int = 3, max_schedules: int | None = None,
+    on_empty: OnEmpty = "lease", traces: int = 3, max_schedules: int | None = None,
     reduce: bool = True,
 ) -> ExploreResult:
     """Run every schedule of ``writers`` writers (the last ``deletes`` of them delete) and

@@ -8,6 +8,8 @@ upstream_port)``. Modes can be switched at any time and apply to new and existin
         r = redis.Redis(port=proxy.port, socket_timeout=0.2)
         proxy.delay(0.05)     # hold every chunk 50 ms, each direction
         proxy.blackhole()     # forward nothing; clients hit their socket timeout
+        proxy.lose_replies()  # requests reach the server, replies are held (a lost reply)
+        proxy.switch(6380)    # new connections go to another server (a failover)
         proxy.pass_through()  # normal again; held bytes are delivered (a healed partition)
         proxy.reset()         # RST every open connection, keep accepting
         proxy.refuse()        # server down: RST existing and every new connection
@@ -38,7 +40,7 @@ _CHUNK = 65536
 
 @dataclass(frozen=True, eq=False)
 class _Mode:
-    kind: str  # "pass" | "delay" | "blackhole" | "drop" | "refuse"
+    kind: str  # "pass" | "delay" | "blackhole" | "lose_replies" | "drop" | "refuse"
     seconds: float = 0.0  # delay, or stall for "drop"
     jitter: float = 0.0
     probability: float = 0.0
@@ -136,6 +138,17 @@ class FaultProxy:
     def blackhole(self) -> None:
         """Keep connections open but forward nothing either way until the mode changes."""
         self._set_mode(_Mode("blackhole"))
+
+    def lose_replies(self) -> None:
+        """Forward requests, hold every reply: the server acts, the client never hears back."""
+        self._set_mode(_Mode("lose_replies"))
+
+    def switch(self, upstream_port: int, upstream_host: str | None = None) -> None:
+        """Send new connections to another server and reset the open ones (a failover
+        behind a stable address, as Sentinel-aware proxies and managed services do)."""
+        with self._cond:
+            self.upstream = (upstream_host or self.upstream[0], upstream_port)
+        self.reset()
 
     def drop(self, probability: float, seed: int | None = None, stall: float = 0.2) -> None:
         """Model loss: with ``probability`` a chunk is stalled ``stall`` s, then forwarded."""
@@ -235,7 +248,7 @@ class FaultProxy:
                     with contextlib.suppress(OSError):
                         dst.shutdown(socket.SHUT_WR)
                     return
-                if not self._gate(conn):
+                if not self._gate(conn, up):
                     return
                 with self._cond:  # counted before sending: a peer never sees bytes uncounted
                     if up:
@@ -253,10 +266,10 @@ class FaultProxy:
                 conn.closed = True
                 self._cond.notify_all()
 
-    def _hold_locked(self) -> float | None:
+    def _hold_locked(self, up: bool) -> float | None:
         """Seconds to hold the next chunk in the current mode; None means until it changes."""
         m = self._mode
-        if m.kind == "blackhole":
+        if m.kind == "blackhole" or (m.kind == "lose_replies" and not up):
             return None
         if m.kind == "delay":
             return m.seconds + (self._rng.uniform(0.0, m.jitter) if m.jitter else 0.0)
@@ -264,13 +277,13 @@ class FaultProxy:
             return m.seconds if self._rng.random() < m.probability else 0.0
         return 0.0
 
-    def _gate(self, conn: _Conn) -> bool:
+    def _gate(self, conn: _Conn, up: bool) -> bool:
         """Hold a chunk as the mode says, re-evaluated on mode change; False if conn closed."""
         with self._cond:
-            mode, hold, start = self._mode, self._hold_locked(), time.monotonic()
+            mode, hold, start = self._mode, self._hold_locked(up), time.monotonic()
             while not conn.closed:
                 if self._mode is not mode:
-                    mode, hold, start = self._mode, self._hold_locked(), time.monotonic()
+                    mode, hold, start = self._mode, self._hold_locked(up), time.monotonic()
                 if hold is None:
                     self._cond.wait(0.5)
                     continue

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol import Entry, Kind, LeaseOutcome, OnEmpty, WriteOutcome
+from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..sources.base import Row
 
 
@@ -106,24 +106,30 @@ class FaultyCache(_Faults):
         *,
         ttl: float,
         tombstone_ttl: float,
-        on_empty: OnEmpty,
+        token: bytes | None = None,
+        lease_ttl: float = 2.0,
+        floor: int = 0,
     ) -> WriteOutcome:
         result: WriteOutcome = self.call(
             "write",
-            lambda: self.inner.write(
-                key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, on_empty=on_empty
-            ),
+            lambda: self.inner.write(key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl,
+                                     token=token, lease_ttl=lease_ttl, floor=floor),
         )
         return result
 
-    def lease(self, key: str, token: bytes, *, lease_ttl: float) -> tuple[LeaseOutcome, Entry | None]:
+    def lease(
+        self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0
+    ) -> tuple[LeaseOutcome, Entry | None]:
         result: tuple[LeaseOutcome, Entry | None] = self.call(
-            "lease", lambda: self.inner.lease(key, token, lease_ttl=lease_ttl)
+            "lease", lambda: self.inner.lease(key, token, lease_ttl=lease_ttl, floor=floor)
         )
         return result
 
-    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float) -> bool:
-        return bool(self.call("fill", lambda: self.inner.fill(key, token, entry, ttl=ttl)))
+    def fill(self, key: str, token: bytes, entry: Entry, *, ttl: float, floor: int = 0) -> bool:
+        return bool(self.call("fill", lambda: self.inner.fill(key, token, entry, ttl=ttl, floor=floor)))
+
+    def renew(self, key: str, token: bytes, *, lease_ttl: float, floor: int = 0) -> bool:
+        return bool(self.call("renew", lambda: self.inner.renew(key, token, lease_ttl=lease_ttl, floor=floor)))
 
     def set(self, key: str, entry: Entry, *, ttl: float) -> None:
         self.call("set", lambda: self.inner.set(key, entry, ttl=ttl))

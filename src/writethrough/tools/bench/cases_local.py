@@ -26,12 +26,13 @@ prefix = "wt:default:"
 accounted = None
 if which == "writethrough":
     from writethrough.caches.memory import MemoryCache
-    from writethrough.protocol import Kind
+    from writethrough.protocol import Entry, Kind
     cache = MemoryCache(max_entries=None, max_bytes=None)
     gc.collect(); before = rss()
-    for i, v in enumerate(values):
-        cache.write(prefix + "user:%d" % i, Kind.VALUE, 1, orjson.dumps(v), ttl=300,
-                    tombstone_ttl=30, on_empty="value")
+    for i, v in enumerate(values):  # a write-through over a cached value, as the store does
+        key = prefix + "user:%d" % i
+        cache.set(key, Entry.value(1, b""), ttl=300)
+        cache.write(key, Kind.VALUE, 2, orjson.dumps(v), ttl=300, tombstone_ttl=30)
     accounted = cache.size_bytes / n
 else:
     import cachetools

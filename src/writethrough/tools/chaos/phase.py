@@ -32,6 +32,7 @@ from ...store import Store
 from ...urls import parse_url
 from ..checker import Op, Recorder, Report, check
 from ..faultproxy import FaultProxy
+from ..redisproc import RedisProcess
 from .injectors import CACHE_CALLS, CACHE_WRITES, ChaosCache, ChaosSource
 from .scenarios import ProtocolSpec, Scenario
 
@@ -100,7 +101,17 @@ class Phase:
         self.errors: list[BaseException] = []
         self.stores: list[Store] = []
         self.proxy: FaultProxy | None = None
-        cache_url = config.cache_url
+        self.own: PrivateRedis | None = None
+        self.source_proxy: FaultProxy | None = None
+        cache_url, source_url = config.cache_url, config.source_url
+        if scenario.own:
+            self.own = PrivateRedis(scenario.own)
+            cache_url = _via(cache_url, self.own.port)
+        if scenario.source_wire:
+            target = parse_url(source_url, kind="source", schemes={"postgres": "", "postgresql": ""})
+            host, port = target.hosts[0]
+            self.source_proxy = FaultProxy(host, port or 5432).start()
+            source_url = _via(source_url, self.source_proxy.port)
         if scenario.wire:
             host, port = parse_url(cache_url, kind="cache", schemes={"redis": ""}).hosts[0]
             self.proxy = FaultProxy(host, port or 6379).start()
@@ -108,13 +119,12 @@ class Phase:
         pg = config.source_url.startswith("postgres") and "pool_max=" not in config.source_url
         try:  # postgres: a connection for each client and repair worker, and a spare
             self.cache = ChaosCache(open_cache(cache_url), f"{self.label}/cache")
-            inner = open_source(config.source_url, namespace=self.namespace,
+            inner = open_source(source_url, namespace=self.namespace,
                                 **({"pool_max": config.clients + config.stores + 2} if pg else {}))
         except BaseException:
             if hasattr(self, "cache"):
                 self.cache.inner.close()
-            if self.proxy is not None:
-                self.proxy.stop()
+            self._stop_servers()
             raise
         self.source = ChaosSource(inner, f"{self.label}/source")
 
@@ -127,7 +137,8 @@ class Phase:
     def open_stores(self) -> None:
         settings = Settings(strategy=self.protocol.strategy, ttl=TTL,
                             protocol="versioned" if self.protocol.versioned else "naive",
-                            durability="outbox" if self.scenario.kill == "outbox" else "best-effort")
+                            durability="outbox" if self.scenario.kill == "outbox" else "best-effort",
+                            lease_ttl=self.scenario.lease_ttl or 2.0)
         for _ in range(max(1, min(self.config.stores, self.config.clients))):
             self.stores.append(Store(self.source, self.cache, namespace=self.namespace,
                                      settings=settings).open())
@@ -135,8 +146,9 @@ class Phase:
     def heal(self) -> None:
         self.cache.faults.jitter.clear()
         self.source.faults.jitter.clear()
-        if self.proxy is not None:
-            self.proxy.pass_through()
+        for proxy in (self.proxy, self.source_proxy):
+            if proxy is not None:
+                proxy.pass_through()
 
     def flush(self) -> None:
         """Empty the cache as a restart would. FLUSHALL + SCRIPT FLUSH only if allowed (the
@@ -170,8 +182,61 @@ class Phase:
         finally:
             self.cache.inner.close()
             self.source.inner.close()
-            if self.proxy is not None:
-                self.proxy.stop()
+            self._stop_servers()
+
+    def _stop_servers(self) -> None:
+        for proxy in (self.proxy, self.source_proxy):
+            if proxy is not None:
+                proxy.stop()
+        if self.own is not None:
+            self.own.close()
+
+
+class PrivateRedis:
+    """The redis-servers of a scenario that crashes or fails over its cache: started here,
+    behind one stable address (a FaultProxy, as a Sentinel-aware proxy or a managed
+    service's endpoint), and nobody else's."""
+
+    def __init__(self, kind: str) -> None:
+        self.primary = RedisProcess(save=True)
+        self.replica: RedisProcess | None = None
+        self.link: FaultProxy | None = None
+        self.front = FaultProxy("127.0.0.1", self.primary.port).start()
+        if kind == "failover":
+            self.link = FaultProxy("127.0.0.1", self.primary.port).start()
+            self.replica = RedisProcess(save=False, replica_of=self.link.port)
+
+    @property
+    def port(self) -> int:
+        return self.front.port
+
+    def cut_replica(self) -> None:
+        """Let the replica catch up (up to 2 s), then cut its link."""
+        assert self.replica is not None and self.link is not None
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and not self.replica.synced_with(self.primary):
+            time.sleep(0.01)
+        self.link.blackhole()
+
+    def fail_over(self) -> bool:
+        """Promote the replica, move the service address to it, and let the old primary
+        follow it (it discards what the new one never got)."""
+        assert self.replica is not None and self.link is not None
+        self.replica.promote()
+        self.front.switch(self.replica.port)
+        self.link.switch(self.replica.port)
+        self.link.pass_through()
+        self.primary.follow(self.link.port)
+        self.primary, self.replica = self.replica, self.primary
+        return True
+
+    def close(self) -> None:
+        for proxy in (self.front, self.link):
+            if proxy is not None:
+                proxy.stop()
+        for server in (self.primary, self.replica):
+            if server is not None:
+                server.destroy()
 
 
 def _via(url: str, port: int) -> str:
@@ -298,7 +363,7 @@ def _settle(phase: Phase) -> None:
     """Heal everything; let late calls land, the repair workers finish, the outbox drain."""
     phase.heal()
     phase.cache.faults.drain()
-    if phase.proxy is not None:
+    if phase.proxy is not None or phase.source_proxy is not None:
         time.sleep(0.25)  # chunks stalled on the wire land, or their connections die
     deadline = time.monotonic() + 15.0
     while any(len(s.repairs) for s in phase.stores) and time.monotonic() < deadline:

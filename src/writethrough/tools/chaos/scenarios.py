@@ -3,6 +3,7 @@ the phase's controller (``phase.py``)."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,6 +64,48 @@ def _net_reset(phase: Phase) -> None:
         phase.cache.faults.count("connection resets")
 
 
+def _snapshot(phase: Phase) -> None:
+    """Window start: the private Redis takes a snapshot (as its stock save schedule would)."""
+    assert phase.own is not None
+    phase.own.primary.command("SAVE")
+    phase.cache.faults.count("snapshots")
+
+
+def _crash_restart(phase: Phase) -> None:
+    """Mid-window: the private Redis is killed and restarted; it comes back from the snapshot."""
+    assert phase.own is not None
+    phase.own.primary.crash()
+    phase.own.primary.start()
+    phase.cache.faults.count("restarts from a snapshot")
+
+
+def _cut_replica(phase: Phase) -> None:
+    """Window start: the replica catches up, then its link is cut (it misses what follows)."""
+    assert phase.own is not None
+    phase.own.cut_replica()
+
+
+def _failover(phase: Phase) -> None:
+    """Mid-window: the lagging replica is promoted and the service address moves to it."""
+    assert phase.own is not None
+    if phase.own.fail_over():
+        phase.cache.faults.count("failovers to a lagging replica")
+
+
+def _lose_replies(phase: Phase) -> None:
+    """Window start: statements reach PostgreSQL, their replies are held on the wire."""
+    assert phase.source_proxy is not None
+    phase.source_proxy.lose_replies()
+
+
+def _reset_source(phase: Phase) -> None:
+    """Mid-window: the held connections die; commits whose reply was lost stay committed."""
+    assert phase.source_proxy is not None
+    phase.source_proxy.reset()
+    phase.source_proxy.pass_through()
+    phase.source.faults.count("connections reset with replies lost")
+
+
 _PAUSED = Jitter(pause=0.3, pause_max=0.002)
 _HELD = Jitter(pause=0.3, pause_max=0.002, after=True)
 
@@ -85,6 +128,9 @@ class Scenario:
     off: float = 0.1
     wire: bool = False
     kill: Durability | None = None
+    own: str | None = None  # "snapshot" | "failover": runs on private redis-servers it crashes
+    source_wire: bool = False  # needs a postgresql:// source behind a FaultProxy
+    lease_ttl: float | None = None
     hot_keys: int = 20
     write_ratio: float = 0.15
     delete_ratio: float = 0.02
@@ -111,6 +157,18 @@ SCENARIOS: tuple[Scenario, ...] = (
              inject=_net_delay, wire=True, on=0.5, off=0.25),
     Scenario("net-loss", "1-3% of chunks stalled 100 ms (a lost packet); connections reset",
              inject=_net_loss, tick=_net_reset, tick_every=0.1, wire=True, on=0.5, off=0.25),
+    Scenario("restart-snapshot", "a private Redis with the stock save schedule snapshots, "
+             "takes more writes, is killed and restarts from the snapshot (issue 9.1)",
+             inject=_snapshot, tick=_crash_restart, tick_every=0.1, own="snapshot", on=0.3,
+             off=0.3, write_ratio=0.3),
+    Scenario("replica-failover", "a replica's link is cut, writes go on, the replica is "
+             "promoted and the service address moves to it (issue 9.2)", inject=_cut_replica,
+             tick=_failover, tick_every=0.1, own="failover", on=0.3, off=0.3, write_ratio=0.3),
+    Scenario("lost-reply", "PostgreSQL commits but its replies are held, then the connections "
+             "die (issue 9.4)", inject=_lose_replies, tick=_reset_source, tick_every=0.05,
+             source_wire=True, on=0.1, off=0.2, write_ratio=0.4),
+    Scenario("slow-reads", "DB reads take up to 3 lease lifetimes (issue 9.7)",
+             source=Jitter(pause=0.3, pause_max=0.15), lease_ttl=0.05, on=0.5, write_ratio=0.2),
 )
 
 
@@ -130,6 +188,12 @@ def skip_reason(scenario: Scenario, protocol: ProtocolSpec, source_url: str, cac
     scheme = cache_url.partition("://")[0].lower()
     if scenario.wire and scheme != "redis":
         return f"the fault proxy fronts one redis:// server; the cache is {scheme}://"
+    if scenario.own and scheme != "redis":
+        return f"runs on private redis-servers (a redis:// run); the cache is {scheme}://"
+    if scenario.own and shutil.which("redis-server") is None:
+        return "runs on private redis-servers: redis-server is not on PATH"
+    if scenario.source_wire and not source_url.startswith(("postgres://", "postgresql://")):
+        return "the fault proxy fronts a PostgreSQL source; this one is not"
     if scenario.kill and scheme == "memory":
         return "needs a cache shared across processes (Redis); memory:// lives in one process"
     if scenario.kill and ":memory:" in source_url:
