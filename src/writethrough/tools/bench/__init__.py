@@ -127,7 +127,7 @@ def _compare(ctx: Context, report: Report) -> None:
     latencies, with and without the DB delay: the compare tool on the bench's servers."""
     from ..compare import Workload, compare
 
-    workload = Workload(updates=ctx.config.n(150, 2000), keys=ctx.config.n(100, 500), new_keys=0.2)
+    workload = Workload(updates=ctx.config.n(100, 2000), keys=ctx.config.n(50, 500), new_keys=0.2)
     source = ctx.postgres_url or ctx.sqlite_url("compare")
     cache = ctx.redis_url + "?socket_timeout=1&socket_connect_timeout=1" if ctx.redis_url else "memory://"
     latencies = [0.0] + ([ctx.config.db_latency_ms] if ctx.config.db_latency_ms else [])

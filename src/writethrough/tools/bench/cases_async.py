@@ -49,8 +49,8 @@ async def _async_get_hit(
     import redis.asyncio
 
     assert ctx.redis_url is not None
-    levels = (1, 16, 64) if ctx.config.quick else (1, 4, 16, 64)
-    ops, reps = ctx.config.n(1200, 8000), max(3, ctx.config.reps // 2 + 1)
+    levels = (1, 64) if ctx.config.quick else (1, 4, 16, 64)
+    ops, reps = ctx.config.n(1000, 8000), max(3, ctx.config.reps // 2 + 1)
     ctx.start(path, reps * len(levels) + 1)
     raw = redis.asyncio.Redis.from_url(ctx.redis_url, max_connections=64, socket_timeout=1.0)
     raw_key = f"bench:{ctx.run_id}:araw:user:42"
