@@ -113,6 +113,8 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> Report:
         finally:
             shutil.rmtree(ctx.tmpdir, ignore_errors=True)
     report.elapsed_s = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        meta["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return report
 
 

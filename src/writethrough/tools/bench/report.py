@@ -63,7 +63,8 @@ def render_markdown(report: Report, plots: list[str], plot_note: str = "") -> st
         "# writethrough benchmark report",
         "",
         f"Measured {m.get('date', '?')} on {m.get('cpu', '?')}, {m.get('cores', '?')} cores "
-        f"({m.get('platform', '?')}), load average at start {m.get('load_average_at_start')}. "
+        f"({m.get('platform', '?')}), load average at start {m.get('load_average_at_start')}, "
+        f"at end {m.get('load_average_at_end')} (other sessions share the machine). "
         f"Run took {report.elapsed_s:.0f} s ({'--quick' if s.get('quick') else 'full run'}, "
         f"{s.get('repetitions')} repetitions per row; seconds per step: "
         f"{meta.get('step_seconds', {})}).",
