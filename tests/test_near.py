@@ -284,3 +284,20 @@ def test_near_options_are_taken_off_the_url_the_backend_sees() -> None:
     )
     assert split_near("redis://h:1/0?near=5") == ("redis://h:1/0", {"near": "5"})
     assert split_near("redis://h:1/0?socket_timeout=1") == ("redis://h:1/0?socket_timeout=1", {})
+
+
+def test_a_moved_lifetime_marker_flushes_the_whole_l1() -> None:
+    from writethrough.caches.near import INVALIDATE_CHANNEL, Tracker
+
+    coherence = Coherence(100, 60.0)
+    coherence.tracking(True)
+    tracker = Tracker(coherence, connection_factory=lambda: None)
+    for key in ("wt:a:1", "wt:a:2"):
+        coherence.end(key, coherence.begin(key), Entry.value(1, b"v"))
+    tracker._handle([b"message", INVALIDATE_CHANNEL, [b"wt:a:1"]])
+    assert coherence.lookup("wt:a:1") is None and coherence.lookup("wt:a:2") is not None
+    tracker._handle([b"message", INVALIDATE_CHANNEL, [b"wt:~epoch"]])  # a new reign
+    assert coherence.lookup("wt:a:2") is None
+    coherence.end("wt:a:3", coherence.begin("wt:a:3"), Entry.value(1, b"v"))
+    tracker._handle([b"message", INVALIDATE_CHANNEL, None])  # FLUSHALL
+    assert coherence.lookup("wt:a:3") is None

@@ -13,8 +13,9 @@
   (``CLIENT TRACKING ON REDIRECT <itself> BCAST PREFIX wt:``, RESP2 +
   ``__redis__:invalidate``): Redis sends the name of every ``wt:*`` key that
   changes (written, deleted, expired, evicted; all keys on FLUSHALL), and the key
-  is dropped from the L1. If that connection drops, the L1 is flushed and stays
-  off (reads go to Redis) until tracking is back.
+  is dropped from the L1; a moved lifetime marker (``wt:~epoch``: the server was
+  restarted or failed over) flushes the whole L1. If that connection drops, the L1
+  is flushed and stays off (reads go to Redis) until tracking is back.
 
 Staleness across processes is **bounded, not zero**: after another process's write
 is acknowledged, this process may serve the previous value from its L1 until the
@@ -45,6 +46,7 @@ from .base import AsyncCache, Cache
 from .memory import MemoryCache
 
 INVALIDATE_CHANNEL = b"__redis__:invalidate"
+MARKERS = "wt:~"  # the Redis backend's lifetime markers ('~' is never in a namespace)
 _monotonic = time.monotonic
 DEFAULT_PREFIX = "wt:"
 _VALUE = Kind.VALUE
@@ -299,8 +301,14 @@ class Tracker:
         if keys is None:  # FLUSHALL / FLUSHDB, or the server's tracking table overflowed
             self.coherence.invalidate(None)
             return
-        for key in keys:
-            self.coherence.invalidate(key.decode() if isinstance(key, bytes) else str(key))
+        for raw in keys:
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if key.startswith(MARKERS):
+                # A lifetime marker moved (caches/redis_codec.py): the server is in a new
+                # reign (restarted, failed over), so nothing the L1 holds is proven.
+                self.coherence.invalidate(None)
+            else:
+                self.coherence.invalidate(key)
 
 
 class NearCache:
