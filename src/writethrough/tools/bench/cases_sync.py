@@ -326,6 +326,8 @@ def herd_threads(ctx: Context) -> Row:
     all_peer: list[float] = []
     note = missing("dogpile.cache")
     rtt = _redis_rtt_ms(ctx.redis_url)
+    errors: list[str] = []
+    peer_errors: list[str] = []
     with writethrough.open(
         source=ctx.sqlite_url("herdthreads"), cache=roomy(ctx.redis_url),
         namespace=ctx.namespace("herdthreads"), cache_options={"max_connections": threads + 8},
@@ -337,7 +339,7 @@ def herd_threads(ctx: Context) -> Row:
             store.cache.delete(f"wt:{store.namespace}:{hot}")  # cold: nothing cached
             store.source = delayed
             before = delayed.calls
-            lat = _in_threads(threads, lambda hot=hot: store.get(hot))  # type: ignore[misc]
+            lat = _in_threads(threads, lambda hot=hot: store.get(hot), errors)  # type: ignore[misc]
             store.source = delayed.inner
             ours_loads.append(delayed.calls - before)
             ours_p99.append(percentile(lat, 99))
@@ -345,7 +347,7 @@ def herd_threads(ctx: Context) -> Row:
             ctx.tick()
             if note is None:
                 loads, load = _dogpile_loader(ctx.redis_url, f"bench:{ctx.run_id}:dogherd:{r}")
-                lat = _in_threads(threads, load)
+                lat = _in_threads(threads, load, peer_errors)
                 peer_loads.append(loads[0])
                 peer_p99.append(percentile(lat, 99))
                 all_peer += lat
@@ -370,8 +372,14 @@ def herd_threads(ctx: Context) -> Row:
         + (f", dogpile.cache {peer_loads}" if note is None else "")
         + f"; p99 per round (ms): writethrough {[round(x, 1) for x in ours_p99]}"
         + (f", dogpile.cache {[round(x, 1) for x in peer_p99]}" if note is None else "")
-        + f"; Redis round trip {rtt:.3f} ms."
+        + f"; Redis round trip {rtt:.3f} ms; failed calls: writethrough {len(errors)}"
+        + (f" ({errors[0]})" if errors else "")
+        + (f", dogpile.cache {len(peer_errors)}" if note is None else "")
+        + (f" ({peer_errors[0]})" if peer_errors else "")
+        + "."
     )
+    if errors:
+        met = False
     samples = {"writethrough": [x * 1000 for x in all_ours]}
     if all_peer:
         samples["dogpile.cache"] = [x * 1000 for x in all_peer]
@@ -391,8 +399,13 @@ def _dogpile_loader(redis_url: str, key: str) -> tuple[list[int], Callable[[], o
     return loads, lambda: region.get_or_create(key, create)
 
 
-def _in_threads(threads: int, call: Callable[[], object]) -> list[float]:
-    """Latencies (ms) of ``threads`` threads calling ``call`` at once (a barrier)."""
+def _in_threads(
+    threads: int, call: Callable[[], object], errors: list[str] | None = None
+) -> list[float]:
+    """Latencies (ms) of ``threads`` threads calling ``call`` at once (a barrier).
+
+    A call that raises is not timed; its error goes to ``errors`` (the row says so).
+    """
     barrier = threading.Barrier(threads)
     latencies: list[float] = []
     lock = threading.Lock()
@@ -400,7 +413,13 @@ def _in_threads(threads: int, call: Callable[[], object]) -> list[float]:
     def one() -> None:
         barrier.wait()
         started = time.perf_counter()
-        call()
+        try:
+            call()
+        except Exception as exc:
+            with lock:
+                if errors is not None:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+            return
         with lock:
             latencies.append((time.perf_counter() - started) * 1000)
 

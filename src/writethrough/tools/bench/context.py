@@ -99,7 +99,12 @@ def throwaway_redis() -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="wt-bench-redis-")
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
             "no", "--daemonize", "no", "--dir", workdir]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -122,6 +127,15 @@ def throwaway_redis() -> Iterator[str]:
             proc.kill()
             proc.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it when the bench process dies (even killed), so
+    no throwaway redis-server outlives its run."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def versions() -> dict[str, str]:

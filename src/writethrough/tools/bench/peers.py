@@ -27,7 +27,14 @@ def dogpile_region(redis_url: str, *, expiration: int = 300) -> Any:
     return region_mod.make_region().configure(
         "dogpile.cache.redis",
         expiration_time=expiration,
-        arguments={"url": redis_url, "redis_expiration_time": expiration, "socket_timeout": 1.0},
+        arguments={
+            "url": redis_url,
+            "redis_expiration_time": expiration,
+            "socket_timeout": 1.0,
+            # redis-py's pool refuses a 201st connection ("Too many connections"): the
+            # 200-thread herd needs room, as writethrough's store gets (threads + 8).
+            "connection_kwargs": {"max_connections": 256},
+        },
     )
 
 
