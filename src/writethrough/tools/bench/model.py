@@ -76,6 +76,30 @@ class Report:
                 return row
         raise KeyError(key)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        """A report read back from ``bench.json`` (latency samples are not kept there)."""
+
+        def measure(m: dict[str, Any]) -> Measure:
+            if m.get("ratio_range") is not None:
+                m = {**m, "ratio_range": tuple(m["ratio_range"])}
+            return Measure(**m)
+
+        rows = [
+            Row(
+                r["key"],
+                r["path"],
+                measure(r["baseline"]),
+                [measure(c) for c in r["contenders"]],
+                r["goal"],
+                r["met"],
+                r["detail"],
+            )
+            for r in data["rows"]
+        ]
+        curves = {k: {int(t): v for t, v in c.items()} for k, c in data["concurrency"].items()}
+        return cls(rows, data["meta"], curves, data["compare"], data["elapsed_s"])
+
     def to_json(self) -> dict[str, Any]:
         rows = []
         for row in self.rows:

@@ -46,6 +46,8 @@ def _ratio(m: Measure) -> str:
 
 def _cell(m: Measure) -> str:
     ratio = _ratio(m)
+    if ratio and m.cpu_ratio is not None and not math.isnan(m.cpu_ratio):
+        ratio += f"; CPU {m.cpu_ratio:.2f}x"
     return f"{m.shown()} ({ratio})" if ratio else m.shown()
 
 
@@ -81,6 +83,7 @@ def render_markdown(report: Report, plots: list[str], plot_note: str = "") -> st
         "better). CPU per op is the process CPU time over the same repetitions. "
         "Figures from a shared 2-core machine are noisy: read the ratios, not the absolutes.",
         "",
+        *_load_warning(m),
         "| path | baseline | writethrough (ratio) | peers (ratio) | goal | met |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
@@ -143,6 +146,23 @@ def render_markdown(report: Report, plots: list[str], plot_note: str = "") -> st
             lines.append(plot_note)
         lines.append("")
     return "\n".join(lines)
+
+
+def _load_warning(machine: dict[str, Any]) -> list[str]:
+    cores = machine.get("cores") or 1
+    loads = [x for x in (machine.get("load_average_at_start"), machine.get("load_average_at_end")) if x]
+    worst = max((x[0] for x in loads), default=0.0)
+    if worst <= cores:
+        return []
+    return [
+        f"**This run shared the machine with other work: load average up to {worst:.1f} on "
+        f"{cores} cores.** Wall-clock ratios then swing widely between repetitions (see each "
+        "row's range; the PostgreSQL rows most, since the server competes for the same "
+        "cores); the CPU-per-op ratios (this process's own CPU time per op, shown as "
+        "'CPU' in the table) are the steadier measure of the library's own cost. Counts "
+        "(Redis calls, DB loads, bytes) do not depend on load.",
+        "",
+    ]
 
 
 def _compare_markdown(results: list[dict[str, Any]]) -> list[str]:
