@@ -72,6 +72,21 @@ def _postgres_session() -> Iterator[Any]:
     yield from _server(postgres_server)
 
 
+@pytest.fixture(scope="session")
+def _logical_postgres_session() -> Iterator[Any]:
+    yield from _server(lambda: postgres_server(wal_level="logical"))
+
+
+@pytest.fixture
+def logical_pg(_logical_postgres_session: Any) -> PostgresServer:
+    """A PostgreSQL with ``wal_level=logical`` (a throwaway cluster unless
+    ``WRITETHROUGH_POSTGRES_LOGICAL_URL`` names one)."""
+    if isinstance(_logical_postgres_session, ServerUnavailable):
+        unavailable(f"PostgreSQL with wal_level=logical: {_logical_postgres_session}")
+    server: PostgresServer = _logical_postgres_session
+    return server
+
+
 @pytest.fixture
 def redis_srv(_redis_session: Any) -> RedisServer:
     if isinstance(_redis_session, ServerUnavailable):

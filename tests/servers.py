@@ -337,9 +337,20 @@ def _as_owner(args: list[str]) -> tuple[list[str], pwd.struct_passwd | None]:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
-    """PostgreSQL: ``WRITETHROUGH_POSTGRES_URL`` or a throwaway cluster (database postgres)."""
-    url = os.environ.get("WRITETHROUGH_POSTGRES_URL")
+def postgres_server(*, wal_level: str = "replica", fsync: bool = False
+                    ) -> Iterator[PostgresServer]:
+    """PostgreSQL: ``WRITETHROUGH_POSTGRES_URL`` or a throwaway cluster (database postgres).
+
+    ``wal_level="logical"`` (change capture from the WAL) uses
+    ``WRITETHROUGH_POSTGRES_LOGICAL_URL`` when set, else always starts a throwaway cluster
+    with ``wal_level=logical`` (the machine's shared server runs with ``replica``).
+    Throwaway clusters run with ``fsync=off`` unless ``fsync`` (benchmarks: commits as
+    durable as in production).
+    """
+    if wal_level not in ("replica", "logical"):
+        raise ValueError(f"wal_level must be replica or logical, got {wal_level!r}")
+    url = os.environ.get("WRITETHROUGH_POSTGRES_LOGICAL_URL" if wal_level == "logical"
+                         else "WRITETHROUGH_POSTGRES_URL")
     if url:
         yield PostgresServer(url)
         return
@@ -351,7 +362,11 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
         if owner is not None:
             os.chown(root, owner.pw_uid, owner.pw_gid)
-        options = f"-p {port} -k {root} -c listen_addresses={HOST} -c fsync=off"
+        options = (f"-p {port} -k {root} -c listen_addresses={HOST} "
+                   f"-c fsync={'on' if fsync else 'off'}")
+        if wal_level == "logical":
+            options += (" -c wal_level=logical -c max_replication_slots=50"
+                        " -c max_wal_senders=50 -c max_connections=200")
         for args in ([initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync",
                       "-E", "UTF8", "--locale=C"],
                      [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w",

@@ -301,3 +301,15 @@ def test_one_million_reads(capsys: pytest.CaptureFixture[str]) -> None:
     with capsys.disabled():
         print(f"\ncheck(): {report.checked_reads:,} reads + {report.writes:,} writes "
               f"in {elapsed:.2f} s")
+
+
+def test_a_delete_whose_reply_was_lost_may_explain_a_none_read() -> None:
+    """A delete that raised may have committed (its reply lost): a None read after it is
+    not stale -- unless a write that started after that delete ended was acknowledged."""
+    lost = Op("c", "k", "delete", 2.0, 2.5, 0, ok=False)
+    history = [w("k", 7, 0.0, 1.0), lost, r("k", 0, 3.0, 3.1)]
+    assert check(history).stale_reads_after_ack == 0
+    later = [*history, w("k", 9, 4.0, 4.5), r("k", 0, 5.0, 5.1)]
+    report = check(later)
+    assert report.stale_reads_after_ack == 1, "v9 was written after the delete: None is stale"
+    assert check([w("k", 7, 0.0, 1.0), r("k", 0, 3.0, 3.1)]).stale_reads_after_ack == 1

@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import writethrough
 from conftest import unique_namespace
 from servers import PostgresServer, RedisServer
-from test_events import Table, table  # noqa: F401 - the fixture
+from test_capture import ROOMY, captured_table
+from test_capture import Captured as Table
 from writethrough import CacheOutcome, CacheTimeout, Settings, Store
 from writethrough.caches import open_cache
 from writethrough.observe import instrument
@@ -34,6 +35,13 @@ from writethrough.sources import open_source
 from writethrough.tools.faults import FaultyCache
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+def table(postgres_srv: PostgresServer, redis_srv: RedisServer) -> Iterator[Table]:
+    """A table captured by triggers (tests/test_capture.py's helper)."""
+    with captured_table("triggers", postgres_srv.url, redis_srv.url + ROOMY) as t:
+        yield t
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -237,7 +245,7 @@ def test_a_plain_store_imports_none_of_it(tmp_path: Any) -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
-def test_listener_metrics_and_backlog(table: Table) -> None:  # noqa: F811
+def test_listener_metrics_and_backlog(table: Table) -> None:
     from writethrough.observe.metrics import WritethroughCollector
 
     registry = CollectorRegistry()
@@ -259,7 +267,7 @@ def test_listener_metrics_and_backlog(table: Table) -> None:  # noqa: F811
         assert value(m, "writethrough_listener_lag_seconds", namespaces=label, quantile="0.99") > 0
 
 
-def test_listen_command_serves_metrics_and_logs_status(postgres_srv: PostgresServer, table: Table) -> None:  # noqa: F811
+def test_listen_command_serves_metrics_and_logs_status(postgres_srv: PostgresServer, table: Table) -> None:
     table.sql("INSERT INTO {t} (id, name) VALUES (1, 'a'), (2, 'b')")
     argv = [sys.executable, "-m", "writethrough", "listen", "--source", postgres_srv.url,
             "--table", table.name, "--key-column", "id", "--namespace", table.namespace,
@@ -290,11 +298,11 @@ def test_listen_command_serves_metrics_and_logs_status(postgres_srv: PostgresSer
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "applied 2 event(s)" in out
+    assert "applied 2 change(s)" in out
 
 
 def test_top_renders_a_frame_from_a_real_endpoint(
-    redis_srv: RedisServer, postgres_srv: PostgresServer, table: Table,  # noqa: F811
+    redis_srv: RedisServer, postgres_srv: PostgresServer, table: Table,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from writethrough.cli import main

@@ -182,8 +182,13 @@ class Store:
                     and entry.kind is _VALUE
                     and self._epoch_floor <= entry.version < self._epoch_ceiling
                 ):
-                    next(self._hits)
-                    return self._loads(entry.payload)
+                    try:
+                        value = self._loads(entry.payload)
+                    except Exception:  # a garbage payload: the slow path drops it
+                        pass
+                    else:
+                        next(self._hits)
+                        return value
         found = self.get_versioned(key)
         return default if found is None else found.value
 
@@ -222,7 +227,14 @@ class Store:
         if key in self._floors and self.floors.below(key, entry.version):
             self.stats.add("below_floor")
             return self._read_source(key)
-        return Versioned(self._loads(entry.payload), entry.version)
+        try:
+            return Versioned(self._loads(entry.payload), entry.version)
+        except Exception:  # whatever the serializer raises on bytes it did not write
+            # Not a value this store could have written (planted, corrupted): drop it, as an
+            # eviction would (always safe), and read the key from the database.
+            self.stats.add("cache_data_errors")
+            self._cache_call(self.cache.delete, self._prefix + key)
+            return self._read_source(key)
 
     def _join_local_flight(self, key: str, token: bytes) -> Any:
         """If this process holds the lease, its load (one DB load per key per process).

@@ -26,6 +26,7 @@ from .chaos import add_chaos, run_chaos
 from .check import add_check, run_check
 from .compare import add_compare, run_compare
 from .epoch import add_epoch, run_epoch
+from .install import add_install, add_uninstall, run_install, run_uninstall
 from .install_triggers import add_install_triggers, run_install_triggers
 from .listen import add_listen, run_listen
 from .output import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, error
@@ -36,6 +37,8 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "compare": (add_compare, run_compare),
     "repair": (add_repair, run_repair),
     "chaos": (add_chaos, run_chaos),
+    "install": (add_install, run_install),
+    "uninstall": (add_uninstall, run_uninstall),
     "install-triggers": (add_install_triggers, run_install_triggers),
     "listen": (add_listen, run_listen),
     "check": (add_check, run_check),

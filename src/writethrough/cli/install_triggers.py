@@ -1,5 +1,5 @@
-"""``writethrough install-triggers``: record every committed change of a table as a
-versioned event (+ NOTIFY), for ``writethrough listen`` to apply.
+"""``writethrough install-triggers``: ``writethrough install --capture triggers`` under its
+first name (``--namespace`` is accepted and checked, no longer needed).
 
     $ writethrough install-triggers --source postgresql://app@db/app \\
           --table profiles --key-column id --namespace profiles
@@ -19,16 +19,17 @@ def add_install_triggers(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Register ``writethrough install-triggers``."""
     parser = subparsers.add_parser(
         "install-triggers",
-        help="record every committed change of a table as a versioned event (+ NOTIFY)",
+        help="capture a table's changes with triggers (= install --capture triggers)",
         description=(
             "Install (or replace) triggers on TABLE that version each row (adding the version "
-            "column if missing) and record each committed insert, update and delete in "
-            "writethrough_events, waking listeners with pg_notify. Idempotent."
+            "column if missing) and record each changed key in writethrough_changes, for "
+            "writethrough listen. Idempotent. --uninstall removes them, also after the "
+            "table was dropped."
         ),
     )
     add_table_args(parser)
     parser.add_argument("--uninstall", action="store_true",
-                        help="drop the triggers instead (keeps the version column)")
+                        help="remove capture instead (keeps the version column)")
     return parser
 
 

@@ -39,7 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised by test_observe's imp
     ) from exc
 
 if TYPE_CHECKING:
-    from ..events import Listener
+    from ..capture.listener import BaseListener as Listener
     from ..store import AsyncStore, Store
 
 # core.Stats counter -> (metric name without _total, help). A counter the store gains later
@@ -151,7 +151,7 @@ def _metric_list() -> list[MetricInfo]:
         MetricInfo("writethrough_listener_lag_seconds", "gauge", ("namespaces", "quantile"),
                    "Seconds from a row's change to its cache write, over the last events applied."),
         MetricInfo("writethrough_listener_backlog_events", "gauge", ls,
-                   "Change events waiting in writethrough_events."),
+                   "Changes waiting to be applied (triggers: rows of writethrough_changes)."),
         MetricInfo("writethrough_listener_backlog_oldest_age_seconds", "gauge", ls,
                    "Age of the oldest waiting change event (0 if none)."),
     ]

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..events import Listener
+    from ..capture.listener import BaseListener as Listener
     from ..store import Store
 
 log = logging.getLogger("writethrough.status")
@@ -79,6 +79,9 @@ def listener_fields(listener: Listener) -> Callable[[], Fields]:
             out["backlog"] = "unknown"
         else:
             out["backlog"], out["backlog_age_s"] = backlog.events, round(backlog.oldest_age, 2)
+            if backlog.wal_behind is not None:  # logical capture: the slot's
+                out["wal_behind_kb"] = backlog.wal_behind // 1024
+                out["wal_kept_kb"] = (backlog.wal_kept or 0) // 1024
         return out
 
     return fields

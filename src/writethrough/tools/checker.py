@@ -7,6 +7,9 @@ cache or a database. ``Recorder`` times calls and builds the history; ``write_hi
 Versions: a read records the version it returned, 0 for None. A None read carries no
 version, so it is read charitably: its *effective* version is the newest delete of the key
 that had started before the read ended (0 if none), i.e. the newest absence it may have seen.
+A delete that raised (``ok=False``: its reply may have been lost after it committed) has no
+known version either: it may explain a None read up to the version just below the first
+write of the key that started after it ended (it committed before any of those).
 """
 
 from __future__ import annotations
@@ -259,9 +262,13 @@ def check(
     acked: dict[str, list[tuple[float, int]]] = {}
     pending: dict[str, list[tuple[float, int]]] = {}
     deletes: dict[str, list[tuple[float, int]]] = {}
+    failed_deletes: list[Op] = []
+    known: dict[str, list[tuple[float, int]]] = {}  # key -> (start, version) of writes with one
     for op in ops:
         if not op.ok:
             report.failed_ops += 1
+            if op.kind == "delete":
+                failed_deletes.append(op)
         elif op.kind == "read":
             reads.append(op)
         else:
@@ -272,6 +279,10 @@ def check(
                 pending.setdefault(op.key, []).append((op.end, op.version))
             if op.kind == "delete":  # any delete may explain a None read, acked or not
                 deletes.setdefault(op.key, []).append((op.start, op.version))
+            known.setdefault(op.key, []).append((op.start, op.version))
+    for op in failed_deletes:  # committed or not, before any write that started after it ended
+        later = [v for t, v in known.get(op.key, ()) if t > op.end]
+        deletes.setdefault(op.key, []).append((op.start, min(later) - 1 if later else 1 << 127))
     acked_ix = {key: _index(pairs) for key, pairs in acked.items()}
     pending_ix = {key: _index(pairs) for key, pairs in pending.items()}
     deletes_ix = {key: _index(pairs) for key, pairs in deletes.items()}
