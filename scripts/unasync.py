@@ -21,6 +21,7 @@ FILES = [
     ("_async/store.py", "_sync/store.py"),
     ("_async/redis_cache.py", "_sync/redis_cache.py"),
     ("_async/postgres_source.py", "_sync/postgres_source.py"),
+    ("_async/table_source.py", "_sync/table_source.py"),
     ("observe/instrument_async.py", "observe/instrument_sync.py"),
 ]
 # Whole-word replacements, applied in order.
@@ -35,6 +36,7 @@ WORDS = [
     ("AsyncRedisCache", "RedisCache"),
     ("AsyncRedisClusterCache", "RedisClusterCache"),
     ("AsyncPostgresSource", "PostgresSource"),
+    ("AsyncPostgresTableSource", "PostgresTableSource"),
     ("AsyncConnectionPool", "ConnectionPool"),
     ("AsyncConnection", "Connection"),
     ("AsyncIterator", "Iterator"),

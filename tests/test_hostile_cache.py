@@ -102,3 +102,18 @@ def test_garbage_never_trips_the_breaker_for_other_keys(store: Store) -> None:
     assert store.breaker.state is BreakerState.CLOSED and store.breaker.opened == 0
     store.put("other", "x")
     assert store.get("other") == "x" and store.stats.hits >= 1
+
+
+def test_a_row_the_serializer_cannot_read_is_a_source_data_error(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "bad.db"
+    with writethrough.open(source=f"sqlite:///{path}", namespace="rows") as s:
+        s.put("k", {"v": 1})
+        with sqlite3.connect(path) as conn:  # another program wrote the row
+            conn.execute("UPDATE writethrough_items SET value = ?", (b"not json",))
+        s.cache.delete("wt:rows:k")
+        with pytest.raises(writethrough.SourceDataError, match="serializer cannot read"):
+            s.get("k")
+        s.put("k", {"v": 2})
+        assert s.get("k") == {"v": 2}

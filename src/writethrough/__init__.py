@@ -15,6 +15,7 @@ from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from .caches import open_cache
+from .checks import check_namespace
 from .core import Durability
 from .errors import (
     CacheError,
@@ -24,7 +25,9 @@ from .errors import (
     InvalidKeyError,
     InvalidValueError,
     InvalidVersionError,
+    ReadOnlyTableError,
     SourceConflict,
+    SourceDataError,
     SourceError,
     SourceTimeout,
     SourceUnavailable,
@@ -32,8 +35,10 @@ from .errors import (
 )
 from .protocol import OnEmpty
 from .repair import RetryPolicy
-from .serializers import BytesSerializer, JSONSerializer, Serializer
+from .serializers import BytesSerializer, JSONSerializer, Serializer, checked_serializer
 from .sources import open_source
+from .sources.table import Table
+from .sources.tables import open_async_table_source, open_table_source
 from .store import (
     CacheOutcome,
     ProtocolName,
@@ -49,8 +54,6 @@ if TYPE_CHECKING:
     from ._async.store import AsyncStore
 
 __version__ = "0.1.0"
-# Checked without ``re`` (not imported by ``import writethrough``: ~5 ms).
-_NAMESPACE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def open(  # the public name the API promises (shadows the builtin inside this module only)
@@ -81,6 +84,7 @@ def open(  # the public name the API promises (shadows the builtin inside this m
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> Store:
     """Open a store over a source of truth and a cache.
 
@@ -104,13 +108,23 @@ def open(  # the public name the API promises (shadows the builtin inside this m
       so a writer that dies after its commit is repaired by any repair worker,
       e.g. ``writethrough repair``; costs one more row insert per write, and a
       batched delete off the write path).
+    - ``table``: a :class:`Table` of *your* database (``Table("users", key="id")``): the
+      store reads its rows by key, with their own version column, and caches each row as
+      a dict; it never writes them (``put``/``delete`` raise ReadOnlyTableError): commit
+      your own writes, then ``store.apply_write(key, version, value)`` -- or use an
+      integration (``writethrough.integrations``, ``writethrough.django``).
 
     Settings are validated before anything is opened; a bad one raises ConfigError.
     """
     settings = _settings(locals())
-    opened_cache = open_cache(cache, **(cache_options or {}))
+    serializer = checked_serializer(serializer)
+    opened_cache = open_cache(cache, **_options("cache_options", cache_options))
     try:
-        opened_source = open_source(source, namespace=namespace, **(source_options or {}))
+        options = _options("source_options", source_options)
+        if table is not None:
+            opened_source = open_table_source(source, table, namespace=namespace, **options)
+        else:
+            opened_source = open_source(source, namespace=namespace, **options)
     except BaseException:
         opened_cache.close()
         raise
@@ -123,7 +137,11 @@ def open(  # the public name the API promises (shadows the builtin inside this m
         clock=clock,
         repair_worker=repair_worker,
     )
-    return store.open()
+    if table is None:
+        return store.open()
+    from .lifecycle import after_open
+
+    return after_open(store.open())  # type: ignore[no-any-return]
 
 
 def open_async(
@@ -154,6 +172,7 @@ def open_async(
     clock: Callable[[], float] = time.monotonic,
     source_options: dict[str, Any] | None = None,
     cache_options: dict[str, Any] | None = None,
+    table: Table | None = None,
 ) -> AsyncOpener:
     """The asyncio store, with the same settings as :func:`open`.
 
@@ -166,8 +185,13 @@ def open_async(
     from .sources import open_async_source
 
     settings = _settings(locals())
-    opened_cache = open_async_cache(cache, **(cache_options or {}))
-    opened_source = open_async_source(source, namespace=namespace, **(source_options or {}))
+    serializer = checked_serializer(serializer)
+    opened_cache = open_async_cache(cache, **_options("cache_options", cache_options))
+    options = _options("source_options", source_options)
+    if table is not None:
+        opened_source = open_async_table_source(source, table, namespace=namespace, **options)
+    else:
+        opened_source = open_async_source(source, namespace=namespace, **options)
     return AsyncOpener(
         AsyncStore(
             opened_source,
@@ -188,10 +212,16 @@ class AsyncOpener:
         self.store = store
 
     def __await__(self) -> Generator[Any, None, AsyncStore]:
-        return self.store.open().__await__()
+        return self._open().__await__()
 
     async def __aenter__(self) -> AsyncStore:
-        return await self.store.open()
+        return await self._open()
+
+    async def _open(self) -> AsyncStore:
+        from .lifecycle import aafter_open
+
+        opened: AsyncStore = await aafter_open(await self.store.open())
+        return opened
 
     async def __aexit__(self, *exc: object) -> None:
         await self.store.close()
@@ -207,15 +237,12 @@ def __getattr__(name: str) -> Any:
 
 
 def _settings(given: dict[str, Any]) -> Settings:
-    namespace = given["namespace"]
-    if (
-        not isinstance(namespace, str)
-        or not 1 <= len(namespace) <= 64
-        or not _NAMESPACE_CHARS.issuperset(namespace)
-    ):
-        raise ConfigError(
-            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
-        )
+    """Every setting of open()/open_async() checked, before anything is opened."""
+    check_namespace(given["namespace"])
+    if not callable(given["clock"]):
+        raise ConfigError(f"clock must be a callable returning seconds, got {given['clock']!r}")
+    if not isinstance(given["repair_worker"], bool):
+        raise ConfigError(f"repair_worker must be True or False, got {given['repair_worker']!r}")
     tombstone_ttl = given["tombstone_ttl"]
     return Settings(
         strategy=given["strategy"],
@@ -239,6 +266,15 @@ def _settings(given: dict[str, Any]) -> Settings:
     )
 
 
+def _options(name: str, options: object) -> dict[str, Any]:
+    """``source_options`` / ``cache_options``: None or a dict of keyword arguments."""
+    if options is None:
+        return {}
+    if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"{name} must be a dict of option names to values, got {options!r}")
+    return options
+
+
 def _default_tombstone_ttl(ttl: object) -> float:
     """Tombstones live min(ttl, 30 s). A bad ttl is left for Settings to reject."""
     if isinstance(ttl, int | float) and not isinstance(ttl, bool) and ttl > 0:
@@ -259,15 +295,18 @@ __all__ = [
     "InvalidValueError",
     "InvalidVersionError",
     "JSONSerializer",
+    "ReadOnlyTableError",
     "RetryPolicy",
     "Serializer",
     "Settings",
     "SourceConflict",
+    "SourceDataError",
     "SourceError",
     "SourceTimeout",
     "SourceUnavailable",
     "Stats",
     "Store",
+    "Table",
     "Versioned",
     "WriteResult",
     "WritethroughError",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import enum
 import itertools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .checks import check_count, check_seconds
 from .errors import ConfigError, InvalidKeyError, InvalidVersionError
 from .protocol import Kind, OnEmpty, WriteOutcome
 from .repair import RetryPolicy
@@ -137,10 +137,11 @@ class Settings:
             raise ConfigError(f"unknown durability {self.durability!r}; use one of {DURABILITIES}")
         if self.durability == "outbox" and self.protocol != "versioned":
             raise ConfigError("durability='outbox' needs protocol='versioned'")
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
         _positive("outbox_grace", self.outbox_grace, allow_zero=True)
         _positive("breaker_reset", self.breaker_reset)
-        if not isinstance(self.breaker_threshold, int) or self.breaker_threshold < 1:
-            raise ConfigError(f"breaker_threshold must be an int >= 1, got {self.breaker_threshold!r}")
+        check_count("breaker_threshold", self.breaker_threshold, most=1_000_000)
         if self.on_empty == "value":  # type: ignore[comparison-overlap]
             raise ConfigError(
                 "on_empty='value' is gone: it reopened race 6; on_empty='lease' (the default) "
@@ -152,18 +153,20 @@ class Settings:
                      "epoch_refresh"):
             _positive(name, getattr(self, name))
         _positive("lease_wait", self.lease_wait, allow_zero=True)
-        if not 0 <= self.ttl_jitter < 1:
-            raise ConfigError(f"ttl_jitter must be in [0, 1), got {self.ttl_jitter!r}")
-        for name in ("max_key_bytes", "max_value_bytes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        jitter = self.ttl_jitter
+        if not (isinstance(jitter, int | float) and not isinstance(jitter, bool) and 0 <= jitter < 1):
+            raise ConfigError(f"ttl_jitter must be a number in [0, 1), got {jitter!r}")
+        check_count("max_key_bytes", self.max_key_bytes, most=MAX_KEY_BYTES)
+        check_count("max_value_bytes", self.max_value_bytes, most=MAX_VALUE_BYTES)
+
+
+MAX_KEY_BYTES = 64 << 10
+MAX_VALUE_BYTES = 512 << 20  # a Redis string's limit
 
 
 def _positive(name: str, value: object, allow_zero: bool = False) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):  # type: ignore[operator]
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{name} must be a finite number {bound} (seconds), got {value!r}")
+    """A duration: finite, > 0 (or >= 0), at most ten years (a Redis TTL in ms must fit)."""
+    check_seconds(name, value, allow_zero=allow_zero)
 
 
 def check_key(key: object, max_key_bytes: int) -> str:

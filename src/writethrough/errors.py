@@ -6,13 +6,15 @@ driver classes.
 
     WritethroughError
     ├── ConfigError            bad URL, unknown scheme or strategy, ttl <= 0 ...
+    │   └── ReadOnlyTableError put()/delete() on a store over your own table
     ├── InvalidKeyError        wrong type, empty, too long          (also TypeError/ValueError)
     ├── InvalidValueError      not serializable, too large           (also TypeError/ValueError)
     ├── InvalidVersionError    a version that is not a database row version (ValueError)
     ├── SourceError            the database failed; nothing was written to the cache
     │   ├── SourceUnavailable  cannot connect / open
     │   ├── SourceTimeout
-    │   └── SourceConflict     serialization failure, constraint violation
+    │   ├── SourceConflict     serialization failure, constraint violation
+    │   └── SourceDataError    a row's value the serializer cannot read
     └── CacheError             the cache failed (the store handles these itself)
         ├── CacheTimeout       ambiguous: the command may have been applied
         ├── CacheUnavailable   connection refused / reset, circuit open
@@ -59,6 +61,10 @@ class SourceConflict(SourceError):
     """A serialization failure or constraint violation; retrying may succeed."""
 
 
+class SourceDataError(SourceError):
+    """A row holds a value the store's serializer cannot read (written by someone else)."""
+
+
 class CacheError(WritethroughError):
     """The cache failed. The store turns these into outcomes; callers rarely see them."""
 
@@ -77,3 +83,10 @@ class CacheServerError(CacheError):
 
 class CacheDataError(CacheError):
     """A cached entry could not be decoded."""
+
+
+class ReadOnlyTableError(ConfigError):
+    """``put``/``delete`` on a store over the application's own table: nothing was written.
+
+    Write the row in your own transaction, then ``store.apply_write(key, version, value)``.
+    """

@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .checks import check_count, check_seconds
+
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -24,6 +26,11 @@ class RetryPolicy:
     retries: int = 2
     base: float = 0.002
     cap: float = 0.02
+
+    def __post_init__(self) -> None:
+        check_count("RetryPolicy.retries", self.retries, least=0, most=100)
+        check_seconds("RetryPolicy.base", self.base, allow_zero=True)
+        check_seconds("RetryPolicy.cap", self.cap, allow_zero=True)
 
     def backoff(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (1-based)."""

@@ -39,6 +39,7 @@ from ..caches.redis_codec import (
     ms,
     slot_marker,
 )
+from ..checks import check_count
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
@@ -90,6 +91,8 @@ class AsyncRedisCache:
     name = "redis"
 
     def __init__(self, client: Any, *, max_concurrency: int | None = None) -> None:
+        if max_concurrency is not None:  # Semaphore(0) would wait forever
+            check_count("max_concurrency", max_concurrency, most=10_000)
         self.client = client
         self._script = client.register_script(SCRIPT)
         # The cluster clients fail (rather than wait) when a node's pool is full:

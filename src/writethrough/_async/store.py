@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from ..caches.base import AsyncCache
+from ..checks import check_namespace
 from ..core import (
     CacheOutcome,
     Settings,
@@ -31,6 +32,7 @@ from ..errors import (
     CacheError,
     ConfigError,
     InvalidValueError,
+    SourceDataError,
     SourceError,
     SourceTimeout,
     SourceUnavailable,
@@ -74,9 +76,11 @@ class AsyncStore:
         sleep: Callable[[float], Any] = sleep,
         repair_worker: bool = True,
     ) -> None:
+        if settings is not None and not isinstance(settings, Settings):
+            raise ConfigError(f"settings must be a writethrough Settings, not {type(settings).__name__}")
         self.source = source
         self.cache = cache
-        self.namespace = namespace
+        self.namespace = check_namespace(namespace)
         self.settings = settings or Settings()
         self.serializer: Serializer = serializer or JSONSerializer()
         self.clock = clock
@@ -342,7 +346,13 @@ class AsyncStore:
     def _versioned_row(self, row: Row) -> Versioned | None:
         if row.payload is None:
             return None
-        return Versioned(self._loads(row.payload), row.version)
+        try:
+            return Versioned(self._loads(row.payload), row.version)
+        except Exception as exc:  # the row holds bytes this serializer cannot read
+            raise SourceDataError(
+                f"the database row has a value the {self.serializer.name} serializer cannot "
+                f"read: {type(exc).__name__}"
+            ) from exc
 
     # -- writes ------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from ..checks import check_count
 from ..errors import ConfigError
 from ..protocol import (
     Entry,
@@ -89,10 +90,9 @@ class MemoryCache:
         max_bytes: int | None = 256 << 20,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_entries is not None and max_entries < 1:
-            raise ConfigError(f"max_entries must be >= 1, got {max_entries}")
-        if max_bytes is not None and max_bytes < 1:
-            raise ConfigError(f"max_bytes must be >= 1, got {max_bytes}")
+        for name, value in (("max_entries", max_entries), ("max_bytes", max_bytes)):
+            if value is not None:
+                check_count(name, value)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.clock = clock
@@ -234,12 +234,20 @@ class MemoryCache:
 
 
 def from_url(url: ParsedURL, **options: Any) -> MemoryCache:
-    """``memory://?max_entries=100000&max_bytes=268435456``."""
-    if url.hosts or url.path:
-        raise ConfigError(f"memory cache URL takes no host or path: {url.url!r}")
+    """``memory://?max_entries=100000&max_bytes=268435456``.
+
+    Each bound is a positive int, or ``none`` for no bound (``0`` is refused: it used to
+    mean "no bound", which reads like the opposite).
+    """
+    if url.hosts or url.path or url.username or url.password is not None:
+        raise ConfigError(f"memory cache URL takes no host, user or path: {url.redacted()!r}")
     unknown = set(url.query) - {"max_entries", "max_bytes"}
     if unknown:
-        raise ConfigError(f"unknown memory cache option(s) {sorted(unknown)} in {url.url!r}")
+        raise ConfigError(f"unknown memory cache option(s) {sorted(unknown)} in {url.redacted()!r}")
+    unknown = set(options) - {"max_entries", "max_bytes", "clock"}
+    if unknown:
+        raise ConfigError(f"unknown memory cache option(s) {sorted(unknown)}; "
+                          "known: max_entries, max_bytes, clock")
     kwargs: dict[str, Any] = {
         "max_entries": url.option("max_entries", _positive_or_none, 100_000),
         "max_bytes": url.option("max_bytes", _positive_or_none, 256 << 20),
@@ -249,12 +257,11 @@ def from_url(url: ParsedURL, **options: Any) -> MemoryCache:
 
 
 def _positive_or_none(text: str) -> int | None:
-    if text.lower() in ("", "none", "0"):
+    if text.lower() == "none":
         return None
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be >= 1")
-    return value
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise ValueError("must be an integer >= 1, or none for no bound")
+    return int(text)
 
 
 class AsyncMemoryCache:

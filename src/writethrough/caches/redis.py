@@ -44,6 +44,15 @@ __all__ = [
 ASYNC_CLUSTER_CONCURRENCY = 4
 
 
+REDIS_DATABASES = 16  # Redis's default "databases 16": database numbers 0-15
+
+
+def _check_hosts(url: ParsedURL) -> None:
+    for host, _ in url.hosts:
+        if "%" in host and ":" not in host:  # %-escapes: PostgreSQL socket paths, IPv6 zones
+            raise ConfigError(f"Redis host {host!r} is not a host name or address: {url.redacted()}")
+
+
 def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = False) -> type[Any]:
     """``base`` (a redis-py connection class) checking the server's lifetime on connect."""
     mixin = AsyncLifetimeCheck if asyncio else LifetimeCheck
@@ -52,19 +61,27 @@ def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = 
 
 
 def _standalone(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
+    _check_hosts(url)
     if len(url.hosts) != 1:
         raise ConfigError(f"a redis:// URL names one host, got {len(url.hosts)}: {url.redacted()}")
     host, port = url.hosts[0]
     db_text = url.path.strip("/") or "0"
-    if not db_text.isdigit():
-        raise ConfigError(f"Redis database must be a number, got {db_text!r} in {url.redacted()}")
+    # Refused here, not by every SELECT after a database commit. A server configured with
+    # more than 16 databases is not supported (see README, limits).
+    if not (db_text.isascii() and db_text.isdigit()) or int(db_text) >= REDIS_DATABASES:
+        raise ConfigError(f"Redis database must be a number 0-{REDIS_DATABASES - 1}, got "
+                          f"{db_text!r} in {url.redacted()}")
     kwargs = client_options(url, options)
+    if "max_concurrency" in kwargs:
+        raise ConfigError(f"max_concurrency applies to redis+cluster:// URLs only "
+                          f"(redis:// waits for one of max_connections): {url.redacted()}")
     kwargs.update(host=host, port=port or 6379, db=int(db_text))
     kwargs["timeout"] = kwargs.pop("pool_timeout")
     return kwargs
 
 
 def _cluster(url: ParsedURL, options: dict[str, Any]) -> tuple[list[tuple[str, int]], dict[str, Any]]:
+    _check_hosts(url)
     if not url.hosts:
         raise ConfigError(f"a redis+cluster:// URL needs at least one seed node: {url.redacted()}")
     if url.path.strip("/") not in ("", "0"):
@@ -90,13 +107,14 @@ def from_url(url: ParsedURL, **options: Any) -> RedisCache:
 def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     """The sync backend on a cluster (one or more seed nodes)."""
     seeds, kwargs = _cluster(url, options)
+    limit = kwargs.pop("max_concurrency", kwargs["max_connections"])
     nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
     # RedisCluster picks each node's connection class itself (SSL or not); it calls this
     # after the connection's own set-up, before the connection's first command.
     kwargs["redis_connect_func"] = lambda conn: check_lifetime(conn, True)
     with mapped_errors():
         client = RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
-    return RedisClusterCache(client, max_concurrency=kwargs["max_connections"])
+    return RedisClusterCache(client, max_concurrency=limit)
 
 
 def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
@@ -118,17 +136,18 @@ def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
 def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterCache:
     """The asyncio backend on a cluster; it connects on first use."""
     seeds, kwargs = _cluster(url, options)
+    # redis-py 8.1's asyncio cluster client loses connections ("'NoneType' object has no
+    # attribute 'writelines'", "Connection closed by server") when more than a few
+    # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.
+    limit = kwargs.pop("max_concurrency", ASYNC_CLUSTER_CONCURRENCY)
     base = redis.asyncio.SSLConnection if kwargs.get("ssl") else redis.asyncio.Connection
     checked = lifetime_checked(base, cluster=True, asyncio=True)
     nodes = [redis.asyncio.cluster.ClusterNode(host, port, connection_class=checked)
              for host, port in seeds]
     retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
+    with mapped_errors():
+        client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
     # The client made its own choice of connection class (SSL or not) for the nodes it
     # discovers; they are made from this dict later, on first use.
     client.connection_kwargs["connection_class"] = checked
-    # redis-py 8.1's asyncio cluster client loses connections ("'NoneType' object has no
-    # attribute 'writelines'", "Connection closed by server") when more than a few
-    # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.
-    limit = url.option("max_concurrency", int, ASYNC_CLUSTER_CONCURRENCY)
     return AsyncRedisClusterCache(client, max_concurrency=limit)

@@ -3,6 +3,8 @@ script, the error mapping and the client options. No I/O here."""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.resources import files
@@ -17,6 +19,7 @@ from ..errors import (
     CacheTimeout,
     CacheUnavailable,
     ConfigError,
+    WritethroughError,
 )
 from ..protocol import Entry, Kind, WriteOutcome
 from ..urls import ParsedURL
@@ -88,10 +91,16 @@ def ms(seconds: float) -> int:
 
 @contextmanager
 def mapped_errors() -> Iterator[None]:
-    """Map redis-py errors into the project's families, where the I/O happens."""
+    """Map redis-py errors into the project's families, where the I/O happens.
+
+    Every exception from the client becomes a CacheError: an unmapped one would escape
+    the failure ladder after the database commit.
+    """
     try:
         yield
-    except rex.TimeoutError as exc:
+    except WritethroughError:  # already ours (a CacheDataError from a decode in the block)
+        raise
+    except (rex.TimeoutError, TimeoutError) as exc:
         raise CacheTimeout(f"Redis timed out: {exc}") from exc
     except (rex.ConnectionError, rex.ClusterDownError, rex.MaxConnectionsError) as exc:
         raise CacheUnavailable(f"Redis connection failed: {exc}") from exc
@@ -99,27 +108,78 @@ def mapped_errors() -> Iterator[None]:
         raise CacheServerError(f"Redis answered with an error: {exc}") from exc
     except rex.RedisError as exc:
         raise CacheError(f"Redis error: {exc}") from exc
+    except rex.RedisClusterException as exc:  # not a RedisError: no reachable node, slot not covered
+        raise CacheUnavailable(f"Redis Cluster unavailable: {exc}") from exc
     except OSError as exc:
         raise CacheUnavailable(f"Redis socket error: {exc}") from exc
     except (AttributeError, TypeError) as exc:
         # Seen inside redis-py's asyncio cluster client when it loses a connection
         # under load: a client fault, not ours; the store treats it as the cache failing.
         raise CacheUnavailable(f"Redis client failed: {exc!r}") from exc
+    except Exception as exc:  # any other client fault (ValueError, IndexError, RuntimeError)
+        raise CacheError(f"Redis client failed: {exc!r}") from exc
 
 
-OPTIONS: dict[str, Callable[[str], Any]] = {
-    "socket_timeout": float,
-    "socket_connect_timeout": float,
-    "max_connections": int,
-    "pool_timeout": float,
-    "health_check_interval": float,
-    "ssl_cert_reqs": str,
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "client_name": str,
-    "max_concurrency": int,  # asyncio cluster only: commands in flight at once
+TLS_CERT_REQS = ("none", "optional", "required")
+REDIS_SECONDS_MAX = 3600.0  # a socket or pool wait longer than an hour is a mistake
+REDIS_COUNT_MAX = 10_000  # redis-py's blocking pool pre-allocates a slot per connection
+
+
+def _seconds(allow_zero: bool) -> Callable[[Any], float]:
+    def convert(value: Any) -> float:
+        number = float(value) if isinstance(value, str) else value
+        if not isinstance(number, int | float) or isinstance(number, bool) or not (
+                math.isfinite(number) and (number > 0 or (allow_zero and number == 0))
+                and number <= REDIS_SECONDS_MAX):
+            low = ">= 0" if allow_zero else "> 0"
+            raise ValueError(f"must be a finite number of seconds {low} and <= {REDIS_SECONDS_MAX:g}")
+        return float(number)
+
+    return convert
+
+
+def _count(value: Any) -> int:
+    number = int(value) if isinstance(value, str) and value.isascii() and value.isdigit() else value
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= REDIS_COUNT_MAX:
+        raise ValueError(f"must be an integer in [1, {REDIS_COUNT_MAX}]")
+    return number
+
+
+def _cert_reqs(value: Any) -> str:
+    if not isinstance(value, str) or value.lower() not in TLS_CERT_REQS:
+        raise ValueError(f"must be one of {', '.join(TLS_CERT_REQS)}")
+    return value.lower()
+
+
+def _file(value: Any) -> str:
+    if not isinstance(value, str) or not os.path.isfile(value):
+        raise ValueError("must name a readable file")
+    return value
+
+
+def _client_name(value: Any) -> str:
+    # Redis refuses CLIENT SETNAME with spaces, newlines or other special characters, on
+    # every new connection: that would fail every cache call after the database commit.
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not all(
+            "!" <= ch <= "~" for ch in value):
+        raise ValueError("must be 1-128 printable ASCII characters without spaces")
+    return value
+
+
+OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "socket_timeout": _seconds(False),
+    "socket_connect_timeout": _seconds(False),
+    "max_connections": _count,
+    "pool_timeout": _seconds(True),  # 0: fail at once when every connection is busy
+    "health_check_interval": _seconds(True),
+    "ssl_cert_reqs": _cert_reqs,
+    "ssl_ca_certs": _file,
+    "ssl_certfile": _file,
+    "ssl_keyfile": _file,
+    "client_name": _client_name,
+    "max_concurrency": _count,  # cluster only: commands in flight at once
 }
+TLS_ONLY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 DEFAULTS: dict[str, Any] = {
     "socket_timeout": 0.05,
     "socket_connect_timeout": 0.05,
@@ -129,22 +189,33 @@ DEFAULTS: dict[str, Any] = {
 
 
 def client_options(url: ParsedURL, options: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(url.query) - set(OPTIONS)
+    """redis-py's keyword arguments from the URL's options and ``cache_options``, all checked.
+
+    Unknown options, values out of range and TLS options on a non-TLS URL are ConfigErrors
+    now, not failures of every cache call after the database commit. ``max_concurrency``
+    is kept in the result only when given (the caller pops it: it is ours, not redis-py's).
+    """
+    unknown = (set(url.query) | set(options)) - set(OPTIONS)
     if unknown:
         raise ConfigError(
             f"unknown Redis option(s) {sorted(unknown)} in {url.redacted()}; known: {sorted(OPTIONS)}"
         )
     kwargs = dict(DEFAULTS)
     for name, convert in OPTIONS.items():
-        if name in url.query and name != "max_concurrency":  # ours, not the client's
+        if name in url.query:
             kwargs[name] = url.option(name, convert, None)
-    kwargs.update(options)
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        if not isinstance(kwargs[name], int | float) or kwargs[name] <= 0:
-            raise ConfigError(f"{name} must be > 0 seconds, got {kwargs[name]!r}")
+    for name, value in options.items():
+        try:
+            kwargs[name] = OPTIONS[name](value)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"Redis option {name}={value!r} is not valid: {exc}") from None
+    tls = url.scheme.startswith("rediss")
+    misplaced = [name for name in TLS_ONLY if name in kwargs] if not tls else []
+    if misplaced:
+        raise ConfigError(f"TLS option(s) {misplaced} need a rediss:// URL: {url.redacted()}")
     kwargs["username"] = url.username
     kwargs["password"] = url.password
-    if url.scheme.startswith("rediss"):
+    if tls:
         kwargs["ssl"] = True
     return kwargs
 

@@ -28,6 +28,7 @@ from psycopg.pq import TransactionStatus
 
 from ..caches import open_cache
 from ..caches.base import Cache
+from ..checks import check_count
 from ..errors import CacheUnavailable, ConfigError, SourceError, SourceUnavailable
 from .apply import CacheApplier, Failed, KeyChange
 from .keyspace import (
@@ -107,12 +108,9 @@ class BaseListener:
                  connect_timeout: int = 5, statement_timeout_ms: int = 5000,
                  lag_samples: int = 100_000) -> None:
         self.keyspaces = check_keyspaces(dict(keyspaces))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if (isinstance(statement_timeout_ms, bool) or not isinstance(statement_timeout_ms, int)
-                or statement_timeout_ms < 1):
-            raise ConfigError(f"statement_timeout_ms must be an int >= 1, got "
-                              f"{statement_timeout_ms!r}")
+        check_count("batch_size", batch_size, most=100_000)
+        check_count("statement_timeout_ms", statement_timeout_ms, most=2**31 - 1)  # an int32
+        check_count("lag_samples", lag_samples, most=10_000_000)
         self.batch_size = batch_size
         self.stats = ListenerStats()
         self.lags = LagWindow(lag_samples)

@@ -7,7 +7,6 @@ is either checked against a plain-identifier pattern or composed with ``psycopg.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,12 +18,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import TupleRow
 
+from .. import checks
+from ..checks import check_identifier
 from ..errors import ConfigError
 from ..sources.postgres import map_error
 
 Connection = psycopg.Connection[TupleRow]
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_NAMESPACE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 # Options of the store's postgresql:// source URLs that are not libpq's: ignored here.
 _STORE_OPTIONS = {"table", "pool_min", "pool_max", "statement_timeout_ms", "connect_timeout"}
 
@@ -113,17 +112,11 @@ class PgTarget:
 
 
 def identifier(name: object, what: str) -> str:
-    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
-        raise ConfigError(f"{what} {name!r} is not a plain SQL identifier")
-    return name
+    return check_identifier(name, what)  # one rule for the package (checks.py)
 
 
 def check_namespace(namespace: object) -> str:
-    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
-        raise ConfigError(
-            f"namespace must be 1-64 characters of letters, digits, '_', '.', '-': {namespace!r}"
-        )
-    return namespace
+    return checks.check_namespace(namespace)  # one rule for the package (checks.py)
 
 
 def table_identifier(table: object) -> sql.Identifier:

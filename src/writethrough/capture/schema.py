@@ -275,6 +275,7 @@ def install(source_url: str, table: str, key_column: str, *, capture: Capture = 
     """
     if capture not in ("logical", "triggers"):
         raise ConfigError(f"capture must be 'logical' or 'triggers', got {capture!r}")
+    table_identifier(table)  # before connecting: a bad name is a ConfigError, not a wait
     identifier(key_column, "key column")
     identifier(version_column, "version column")
     if version_column == key_column:

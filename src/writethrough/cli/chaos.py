@@ -44,7 +44,7 @@ from ..tools.chaos import (
     guarantee_held,
 )
 from ..tools.checker import Report
-from .args import Subparsers, int_at_least
+from .args import CACHE_ENV, SOURCE_ENV, Subparsers, add_url_arg, int_at_least
 from .output import table_console
 
 EXIT_OK, EXIT_BROKEN = 0, 1
@@ -70,6 +70,7 @@ def _protocols(text: str) -> tuple[ProtocolSpec, ...]:
 def add_chaos(subparsers: Subparsers) -> argparse.ArgumentParser:
     """Register ``writethrough chaos``."""
     scenario_list = "\n".join(f"  {s.name:<21} {s.description}" for s in SCENARIOS)
+    scenario_list += f"\n  {ORM_MIX:<21} {ORM_MIX_HELP} (not in all)"
     parser = subparsers.add_parser(
         "chaos", help="run every protocol under injected faults and check every read",
         description=(__doc__ or "").split("\n\n", 2)[2] + "\nscenarios:\n" + scenario_list,
@@ -81,8 +82,9 @@ def add_chaos(subparsers: Subparsers) -> argparse.ArgumentParser:
     add("--clients", type=int_at_least(1), default=16, help="client threads per phase (16)")
     add("--stores", type=int_at_least(1), default=4,
         help="stores the clients share, as app processes sharing one cache would (4)")
-    add("--source", default=None, help="source URL (default: a SQLite file in a temp dir, deleted after)")
-    add("--cache", default="memory://", help="cache URL (memory://)")
+    add_url_arg(parser, "--source", SOURCE_ENV,
+                "source URL (else a SQLite file in a temp dir, deleted after)")
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (else memory://)", default="memory://")
     add("--seed", type=int, default=42, help="seed of the workload and the faults (42)")
     add("--protocols", type=_protocols, default=PROTOCOLS,
         help="comma list of naive-write-through, naive-invalidate, write-through, invalidate, "
@@ -96,9 +98,26 @@ def add_chaos(subparsers: Subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+ORM_MIX = "orm-mix"
+ORM_MIX_HELP = ("SQLAlchemy writes, raw SQL writes (through the listener) and store reads on one "
+                "table's namespace, the cache's wire flapping (PostgreSQL + redis:// only)")
+
+
+def _split_orm_mix(names: list[str] | None) -> tuple[list[str] | None, bool]:
+    """The scenarios for the protocol matrix, and whether ``orm-mix`` was asked for."""
+    if not names:
+        return None, False
+    parts = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    rest = [n for n in parts if n != ORM_MIX]
+    return rest, len(rest) != len(parts)
+
+
 def run_chaos(args: argparse.Namespace) -> int:
     """Run ``writethrough chaos``; return the exit code."""
-    chosen = chaos.scenarios(args.scenario or "all")
+    names, orm_mix = _split_orm_mix(args.scenario)
+    if orm_mix and not names:
+        return run_orm_mix(args)
+    chosen = chaos.scenarios(names or "all")
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="writethrough-chaos-") as tmp, Progress(
         TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
@@ -120,7 +139,47 @@ def run_chaos(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(result.to_json(), indent=2) + "\n")
     else:
         print_result(result, args.history)
-    return EXIT_OK if result.ok else EXIT_BROKEN
+    code = EXIT_OK if result.ok else EXIT_BROKEN
+    return max(code, run_orm_mix(args)) if orm_mix else code
+
+
+def run_orm_mix(args: argparse.Namespace) -> int:
+    """The ``orm-mix`` scenario (``tools/orm_chaos.py``): target 0 stale reads after ack and
+    0 final divergence."""
+    from ..errors import ConfigError
+    from ..tools import orm_chaos
+
+    if not (args.source or "").startswith(("postgresql://", "postgres://")) or \
+            not args.cache.startswith("redis://"):
+        raise ConfigError(f"the {ORM_MIX} scenario needs --source postgresql://... and "
+                          "--cache redis://...")
+    found = orm_chaos.run(args.source, args.cache, ops=args.ops, seed=args.seed)
+    r = found.report
+    held = r.stale_reads_after_ack == 0 and r.final_divergence == 0
+    if args.json:
+        sys.stdout.write(json.dumps({ORM_MIX: {
+            **r.to_json(), "orm_writes": found.orm_writes, "raw_writes": found.raw_writes,
+            "orm_conflicts": found.orm_conflicts, "outcomes": found.outcomes,
+            "listener_applied": found.listener_applied, "cache_flaps": found.flaps,
+            "target_held": held}}, indent=2) + "\n")
+        return EXIT_OK if held else EXIT_BROKEN
+    out = table_console(120)
+    table = Table(title="write-through: ORM + raw SQL (listener) + reads", title_justify="left",
+                  title_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=True)
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header == "scenario" else "right", no_wrap=True)
+    table.add_row(*_row(ORM_MIX, r))
+    out.print(table)
+    out.print(f"{found.orm_writes:,} ORM writes ({found.orm_conflicts:,} version conflicts "
+              f"retried; outcomes {found.outcomes}), {found.raw_writes:,} raw SQL writes "
+              f"(recorded pending until the listener applies them; it applied "
+              f"{found.listener_applied:,} events), {found.flaps:,} cache flaps.")
+    verdict = "[bold green]PASS[/]" if held else "[bold red]FAIL[/]"
+    out.print(f"{verdict} {ORM_MIX}: {r.stale_reads_after_ack:,} stale reads after ack, "
+              f"{r.final_divergence:,} final divergence in {r.checked_reads:,} checked reads "
+              f"({r.monotonic_violations:,} non-monotonic).", soft_wrap=True)
+    return EXIT_OK if held else EXIT_BROKEN
 
 
 def _row(name: str, r: Report, style: str = "") -> list[str]:

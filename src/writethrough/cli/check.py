@@ -28,7 +28,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..observe.check import Checker, Report, Window
-from .args import Subparsers, int_at_least, non_negative_float, positive_float
+from .args import (
+    CACHE_ENV,
+    SOURCE_ENV,
+    Subparsers,
+    add_url_arg,
+    int_at_least,
+    int_between,
+    non_negative_float,
+    positive_float,
+)
 from .output import EXIT_ERROR, EXIT_OK, table_console
 
 
@@ -39,10 +48,12 @@ def add_check(subparsers: Subparsers) -> argparse.ArgumentParser:
         description=(__doc__ or "").split("\n\n", 2)[2],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--source", required=True, help="source URL (postgresql://... or sqlite:///...)")
-    add("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    add_url_arg(parser, "--source", SOURCE_ENV, "source URL (postgresql://... or sqlite:///...)",
+                required=True)
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (redis://..., redis+cluster://...)",
+                required=True)
     add("--namespace", default="default", help="the store's namespace (default)")
-    add("--sample", type=int_at_least(1), default=1000, help="keys per round (1000)")
+    add("--sample", type=int_between(1, 1_000_000), default=1000, help="keys per round (1000)")
     add("--grace", type=non_negative_float, default=1.0,
         help="seconds before a difference is re-checked (1)")
     add("--keys", metavar="FILE", default=None,

@@ -19,7 +19,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..store import PROTOCOLS, STRATEGIES
-from .args import Subparsers, int_at_least, non_negative_float, strategies
+from ..tools.compare import MAX_ZIPF
+from .args import (
+    CACHE_ENV,
+    SOURCE_ENV,
+    Subparsers,
+    add_url_arg,
+    float_between,
+    int_at_least,
+    non_negative_float,
+    strategies,
+)
 from .output import EXIT_OK, table_console, us
 from .plot import check_plot_path, save_plot
 
@@ -53,14 +63,11 @@ def add_compare(subparsers: Subparsers) -> argparse.ArgumentParser:
         default=4,
         help="background reads over Zipf-popular keys per update (4)",
     )
-    add("--zipf", type=non_negative_float, default=1.1, help="Zipf exponent s (1.1)")
+    add("--zipf", type=float_between(0, MAX_ZIPF), default=1.1, help="Zipf exponent s (1.1)")
     add("--seed", type=int, default=42, help="workload seed (42)")
-    add(
-        "--source",
-        default=None,
-        help="source URL (default: a fresh SQLite file in a temp dir, deleted afterwards)",
-    )
-    add("--cache", default="memory://", help="cache URL (memory://)")
+    add_url_arg(parser, "--source", SOURCE_ENV,
+                "source URL (else a fresh SQLite file in a temp dir, deleted afterwards)")
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (else memory://)", default="memory://")
     add("--protocol", choices=PROTOCOLS, default="versioned", help="versioned | naive")
     add(
         "--strategies",

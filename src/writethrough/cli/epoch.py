@@ -22,7 +22,7 @@ import argparse
 from rich.console import Console
 
 from ..sources import open_source
-from .args import Subparsers
+from .args import SOURCE_ENV, Subparsers, add_url_arg
 
 
 def add_epoch(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -33,7 +33,8 @@ def add_epoch(subparsers: Subparsers) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--source", required=True, help="source URL (sqlite:///... or postgresql://...)")
+    add_url_arg(parser, "--source", SOURCE_ENV, "source URL (sqlite:///... or postgresql://...)",
+                required=True)
     parser.add_argument("--namespace", default=None,
                         help="one namespace (default: the whole database)")
     parser.add_argument("--bump", action="store_true", help="move the epoch past every version so far")

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from ..errors import CacheError, SourceError
-from .args import Subparsers, add_operating_args, add_table_args, int_at_least, positive_float
+from .args import (
+    CACHE_ENV,
+    Subparsers,
+    add_operating_args,
+    add_table_args,
+    add_url_arg,
+    int_between,
+    positive_float,
+)
 from .operating import operating
 from .output import EXIT_ERROR, error
 
@@ -50,7 +58,8 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     add_table_args(parser)
     add = parser.add_argument
-    add("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (redis://..., redis+cluster://...)",
+                required=True)
     add("--strategy", choices=("invalidate", "write-through"), default="invalidate",
         help="invalidate | write-through (invalidate)")
     add("--capture", choices=("auto", "logical", "triggers"), default="auto",
@@ -59,7 +68,7 @@ def add_listen(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="listener group: one replication slot, one active listener (main)")
     add("--value-column", default=None, help="cache this column (as JSON), not the whole row")
     add("--ttl", type=positive_float, default=300.0, help="cache TTL in seconds (300)")
-    add("--batch-size", type=int_at_least(1), default=500, help="changes per batch (500)")
+    add("--batch-size", type=int_between(1, 100_000), default=500, help="changes per batch (500)")
     add("--poll-interval", type=positive_float, default=0.2,
         help="triggers capture: seconds between polls (0.2)")
     add("--once", action="store_true", help="apply what was committed until now, then exit")

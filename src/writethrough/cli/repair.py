@@ -24,8 +24,17 @@ from rich.console import Console
 
 import writethrough
 
+from ..errors import CacheError
 from ..store import Store
-from .args import Subparsers, add_operating_args
+from .args import (
+    CACHE_ENV,
+    SOURCE_ENV,
+    Subparsers,
+    add_operating_args,
+    add_url_arg,
+    non_negative_float,
+    positive_float,
+)
 from .operating import operating
 
 
@@ -36,12 +45,15 @@ def add_repair(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="repair the cache from the durable outbox (writers with durability=outbox)",
         description=__doc__.split("\n\n", 2)[2] if __doc__ else None,
     )
-    parser.add_argument("--source", required=True, help="source URL (sqlite:///... or postgresql://...)")
-    parser.add_argument("--cache", required=True, help="cache URL (redis://..., redis+cluster://...)")
+    add_url_arg(parser, "--source", SOURCE_ENV, "source URL (sqlite:///... or postgresql://...)",
+                required=True)
+    add_url_arg(parser, "--cache", CACHE_ENV, "cache URL (redis://..., redis+cluster://...)",
+                required=True)
     parser.add_argument("--namespace", default="default", help="the writers' namespace (default)")
-    parser.add_argument("--grace", type=float, default=5.0,
+    parser.add_argument("--grace", type=non_negative_float, default=5.0,
                         help="seconds an outbox row may belong to a live writer (5)")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between rounds (0.5)")
+    parser.add_argument("--interval", type=positive_float, default=0.5,
+                        help="seconds between rounds (0.5)")
     parser.add_argument("--once", action="store_true", help="drain what is there, then exit")
     add_operating_args(parser)
     return parser
@@ -55,7 +67,13 @@ def run_repair(args: argparse.Namespace) -> int:
         durability="outbox", outbox_grace=args.grace, repair_worker=False,
     ) as store:
         if args.once:
+            reach(store)  # a cache it cannot reach is an error, not "repaired 0"
+            failures = store.stats.cache_write_failures
             total = drain(store)
+            if store.stats.cache_write_failures > failures:
+                reach(store)
+                raise CacheError(f"the cache failed during the repair ({total} outbox row(s) "
+                                 "repaired); run again when it answers")
         else:
             from ..observe.status import store_fields
 
@@ -63,6 +81,15 @@ def run_repair(args: argparse.Namespace) -> int:
                 total = _forever(store, args.interval, console)
     Console(highlight=False).print(f"repaired {total} outbox row(s) in namespace {args.namespace!r}")
     return 0
+
+
+def reach(store: Store) -> None:
+    """Raise the cache's own error (CacheUnavailable, CacheTimeout, ...) if it does not
+    answer a read of one of the namespace's keys."""
+    try:
+        store.cache.get(f"wt:{store.namespace}:writethrough-repair-probe")
+    except CacheError as exc:
+        raise type(exc)(f"cannot reach the cache: {exc}") from exc
 
 
 def drain(store: Store) -> int:

@@ -23,7 +23,7 @@ from rich.text import Text
 
 from ..observe.advise import Scrape, histogram, scrape
 from .args import Subparsers, positive_float
-from .output import EXIT_OK, table_console, us
+from .output import EXIT_OK, masked, table_console, us
 
 
 def add_top(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -43,12 +43,13 @@ def add_top(subparsers: Subparsers) -> argparse.ArgumentParser:
 def run_top(args: argparse.Namespace) -> int:
     """Run ``writethrough top``; return the exit code."""
     url = _url(args.url)
+    shown = masked(url)  # a /metrics URL may carry basic-auth credentials
     before, at = scrape(url), time.monotonic()
     if args.once:
-        table_console(140).print(frame(url, {}, before, 0.0))
+        table_console(140).print(frame(shown, {}, before, 0.0))
         return EXIT_OK
     console = Console(highlight=False)
-    with Live(frame(url, {}, before, 0.0), console=console, auto_refresh=False,
+    with Live(frame(shown, {}, before, 0.0), console=console, auto_refresh=False,
               screen=False) as live:
         try:
             while True:
@@ -57,9 +58,9 @@ def run_top(args: argparse.Namespace) -> int:
                 try:
                     after = scrape(url)
                 except Exception as exc:  # the process restarted or is gone for a moment
-                    live.update(Text(f"{url}: {exc}", style="red"), refresh=True)
+                    live.update(Text(masked(f"{url}: {exc}"), style="red"), refresh=True)
                     continue
-                live.update(frame(url, before, after, now - at), refresh=True)
+                live.update(frame(shown, before, after, now - at), refresh=True)
                 before, at = after, now
         except KeyboardInterrupt:
             pass

@@ -17,7 +17,7 @@ from .._async.postgres_source import AsyncPostgresSource
 from .._sync.postgres_source import PostgresSource
 from ..errors import ConfigError
 from ..urls import ParsedURL
-from .postgres_sql import DEFAULT_TABLE, LIBPQ_OPTIONS, OPTIONS, map_error
+from .postgres_sql import DEFAULT_TABLE, LIBPQ_OPTIONS, OPTIONS, SSLMODES, map_error
 
 __all__ = ["AsyncPostgresSource", "PostgresSource", "async_from_url", "from_url", "map_error"]
 
@@ -44,6 +44,9 @@ def _parse(url: ParsedURL, options: dict[str, Any]) -> tuple[str, dict[str, Any]
     if set(options) - OPTIONS:
         raise ConfigError(f"unknown PostgreSQL source option(s) {sorted(set(options) - OPTIONS)}")
     params = {k: v for k, v in url.query.items() if k in LIBPQ_OPTIONS}
+    if params.get("sslmode", "prefer") not in SSLMODES:
+        raise ConfigError(f"sslmode must be one of {', '.join(SSLMODES)}, got "
+                          f"{params['sslmode']!r} in {url.redacted()!r}")
     if url.hosts:  # a host may be a percent-encoded unix socket directory
         params["host"] = ",".join(unquote(host) for host, _ in url.hosts)
         if any(port is not None for _, port in url.hosts):

@@ -3,26 +3,25 @@ mapping. No I/O here."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import psycopg
 from psycopg.rows import TupleRow
 from psycopg_pool import PoolClosed, PoolTimeout
 
+from ..checks import check_count, check_identifier
 from ..errors import (
-    ConfigError,
     InvalidKeyError,
     SourceConflict,
     SourceError,
     SourceTimeout,
     SourceUnavailable,
 )
+from ..urls import scrub
 
 Connection = psycopg.Connection[TupleRow]
 AsyncConnection = psycopg.AsyncConnection[TupleRow]
 DEFAULT_TABLE = "writethrough_items"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 TEXT = ("text", "character varying")
 EXPECTED_TYPES = {"namespace": TEXT, "key": TEXT, "value": ("bytea",), "version": ("bigint",)}
 # SQLSTATE classes meaning "cannot use the server now": connection, authorization, unknown
@@ -90,14 +89,19 @@ def check_key_text(key: str) -> str:
 
 def validate(table: object, pool_min: object, pool_max: object, connect_timeout: object,
               statement_timeout_ms: object) -> None:
-    if not isinstance(table, str) or not _IDENTIFIER.match(table):
-        raise ConfigError(f"table name {table!r} is not a plain SQL identifier")
+    check_identifier(table, "table name")
     minimum = max(1, pool_min) if isinstance(pool_min, int) else 1
-    for name, value, least in (("pool_min", pool_min, 0), ("pool_max", pool_max, minimum),
-                               ("connect_timeout", connect_timeout, 1),
-                               ("statement_timeout_ms", statement_timeout_ms, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
+    # connect_timeout 0 would make libpq wait forever; statement_timeout is an int32 of ms
+    # on the server (0 = no timeout, PostgreSQL's meaning).
+    for name, value, least, most in (("pool_min", pool_min, 0, POOL_MAX),
+                                     ("pool_max", pool_max, minimum, POOL_MAX),
+                                     ("connect_timeout", connect_timeout, 1, 3600),
+                                     ("statement_timeout_ms", statement_timeout_ms, 0, 2**31 - 1)):
+        check_count(name, value, least=least, most=most)
+
+
+POOL_MAX = 1000  # connections per pool; PostgreSQL's default max_connections is 100
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def describe(params: dict[str, Any]) -> str:
@@ -109,9 +113,7 @@ def describe(params: dict[str, Any]) -> str:
 
 def map_error(exc: psycopg.Error, where: str, password: str = "") -> SourceError:
     """The SourceError family for a psycopg (or pool) error, without the password."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if password:
-        text = text.replace(password, "***")
+    text = scrub(" ".join(str(exc).split()), password) or type(exc).__name__
     state = exc.sqlstate or ""
     if isinstance(exc, PoolClosed):
         return SourceUnavailable(f"the PostgreSQL source {where} is closed")

@@ -17,15 +17,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..checks import check_identifier, check_seconds
 from ..epochs import MAX_ROW_VERSION, compose, split
 from ..epochs import TABLE as EPOCHS
-from ..errors import ConfigError, SourceConflict, SourceError, SourceTimeout, SourceUnavailable
+from ..errors import (
+    ConfigError,
+    InvalidKeyError,
+    SourceConflict,
+    SourceError,
+    SourceTimeout,
+    SourceUnavailable,
+)
 from ..urls import ParsedURL
 from .base import Logged, OutboxRow, Row
 
 DEFAULT_TABLE = "writethrough_items"
 OUTBOX_TABLE = "writethrough_outbox"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 EXPECTED_COLUMNS = {"namespace", "key", "value", "version"}
 
 
@@ -48,10 +56,11 @@ class SQLiteSource:
         busy_timeout: float = 5.0,
         synchronous: str = "NORMAL",
     ) -> None:
-        if not _IDENTIFIER.match(table):
+        if not isinstance(table, str) or not _IDENTIFIER.match(table):
             raise ConfigError(f"table name {table!r} is not a plain SQL identifier")
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        if not isinstance(synchronous, str) or synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        check_seconds("busy_timeout", busy_timeout, allow_zero=True, maximum=3600)
         self.path = path
         self.namespace = namespace
         self.table = table
@@ -201,6 +210,8 @@ class SQLiteSource:
                     yield conn
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
+        except UnicodeEncodeError:  # a lone surrogate in a key: never reached the database
+            raise InvalidKeyError("key is not valid Unicode (lone surrogate)") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -340,21 +351,25 @@ def _map_error(exc: sqlite3.Error, path: str) -> SourceError:
 
 def from_url(url: ParsedURL, *, namespace: str, **options: Any) -> SQLiteSource:
     """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite:///:memory:``."""
-    if url.hosts:
-        raise ConfigError(
-            f"SQLite URL takes no host: {url.url!r} (use sqlite:///file.db or sqlite:////abs.db)"
-        )
+    if url.hosts or url.username or url.password is not None:
+        raise ConfigError(f"SQLite URL takes no host or user: {url.redacted()!r} "
+                          "(use sqlite:///file.db or sqlite:////abs.db)")
     if not url.path:
-        raise ConfigError(f"SQLite URL has no file path: {url.url!r}")
-    unknown = set(url.query) - {"table", "busy_timeout", "synchronous"}
+        raise ConfigError(f"SQLite URL has no file path: {url.redacted()!r}")
+    unknown = (set(url.query) | set(options)) - {"table", "busy_timeout", "synchronous"}
     if unknown:
-        raise ConfigError(f"unknown SQLite option(s) {sorted(unknown)} in {url.url!r}")
+        raise ConfigError(f"unknown SQLite option(s) {sorted(unknown)} in {url.redacted()!r}")
     kwargs: dict[str, Any] = {
         "table": url.query.get("table", DEFAULT_TABLE),
         "busy_timeout": url.option("busy_timeout", float, 5.0),
         "synchronous": url.query.get("synchronous", "NORMAL"),
     }
     kwargs.update(options)
+    check_identifier(kwargs["table"], "table name")
+    # 0: fail at once on a locked database; an hour is the most any writer should wait.
+    check_seconds("busy_timeout", kwargs["busy_timeout"], allow_zero=True, maximum=3600)
+    if not isinstance(kwargs["synchronous"], str):
+        raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {kwargs['synchronous']!r}")
     return SQLiteSource(url.path, namespace=namespace, **kwargs)
 
 

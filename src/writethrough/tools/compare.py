@@ -15,6 +15,7 @@ No terminal output here: the CLI (``writethrough compare``) renders the result.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import json
 import math
@@ -25,13 +26,14 @@ import string
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import writethrough
 
+from ..checks import check_count
 from ..errors import ConfigError
 from ..store import PROTOCOLS, STRATEGIES, ProtocolName, Store, Strategy
 from ..urls import parse_url
@@ -43,6 +45,14 @@ Progress = Callable[[str, int, int], None]
 """``progress(strategy, done, total)``: called now and then while a strategy runs."""
 
 UPDATES_PER_DAY = 1_000_000
+# Bounds that keep a run's memory small: ops are generated as they are replayed, so what
+# stays is a latency sample per op (~36 bytes) and, per key, a Zipf weight, the version
+# last written and the cached entry (the largest workload, 2M ops over 100k keys, peaked
+# at 208 MiB RSS for one strategy on memory://, measured).
+MAX_UPDATES = 1_000_000
+MAX_KEYS = 100_000
+MAX_OPS = 2_000_000
+MAX_ZIPF = 10.0  # rank ** s must stay a finite float for a million keys
 PROGRESS_EVERY = 250
 _BIO_ALPHABET = string.ascii_lowercase + "      "
 
@@ -81,24 +91,31 @@ class Workload:
     new_keys: float = 0.0  # share of the writes that create a new key (read back like the rest)
 
     def __post_init__(self) -> None:
-        for name, low in (
-            ("updates", 1),
-            ("keys", 1),
-            ("reads_after_write", 0),
-            ("background_reads_per_update", 0),
-            ("value_bytes", 1),
+        for name, low, high in (
+            ("updates", 1, MAX_UPDATES),
+            ("keys", 1, MAX_KEYS),
+            ("reads_after_write", 0, 100),
+            ("background_reads_per_update", 0, 100),
+            ("value_bytes", 1, 1 << 20),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+            check_count(name, getattr(self, name), least=low, most=high)
+        if self.ops > MAX_OPS:
+            raise ConfigError(
+                f"the workload has {self.ops:,} ops (updates x (1 + reads_after_write + "
+                f"background_reads_per_update)); the limit is {MAX_OPS:,}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError(f"seed must be an int, got {self.seed!r}")
         s = self.zipf_s
-        if not isinstance(s, int | float) or isinstance(s, bool) or not math.isfinite(s) or s < 0:
-            raise ConfigError(f"zipf_s must be a finite number >= 0, got {s!r}")
+        if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s <= MAX_ZIPF:
+            raise ConfigError(f"zipf_s must be a finite number in [0, {MAX_ZIPF}], got {s!r}")
         n = self.new_keys
         if not isinstance(n, int | float) or isinstance(n, bool) or not 0 <= n <= 1:
             raise ConfigError(f"new_keys must be a share in [0, 1], got {n!r}")
+
+    @property
+    def ops(self) -> int:
+        """How many ops :func:`generate` makes."""
+        return self.updates * (1 + self.reads_after_write + self.background_reads_per_update)
 
     def key(self, index: int) -> str:
         return f"user:{index}"
@@ -131,23 +148,64 @@ def generate(workload: Workload) -> list[Op]:
     ``new_keys`` > 0 that share of the writes creates a new key (``new:<n>``) instead
     of updating one of the ``keys``: read-after-create next to read-after-update.
     """
+    return list(iter_ops(workload))
+
+
+class Replay(Sequence[Op]):
+    """The ops of a workload, made again on each pass (memory: none per op).
+
+    What :func:`compare` replays: the same ops as :func:`generate`, without the list.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+
+    def __len__(self) -> int:
+        return self.workload.ops
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter_ops(self.workload)
+
+    def __getitem__(self, index: Any) -> Any:
+        raise TypeError("a Replay is iterated, not indexed")
+
+
+class Warmup(Sequence[tuple[str, Profile]]):
+    """:func:`initial_profiles`, made again on each pass."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.workload = workload
+
+    def __len__(self) -> int:
+        return self.workload.keys
+
+    def __iter__(self) -> Iterator[tuple[str, Profile]]:
+        rng = random.Random(f"warmup-{self.workload.seed}")
+        return ((self.workload.key(i), _profile(rng, self.workload, i, 0))
+                for i in range(self.workload.keys))
+
+    def __getitem__(self, index: Any) -> Any:
+        raise TypeError("a Warmup is iterated, not indexed")
+
+
+def iter_ops(workload: Workload) -> Iterator[Op]:
+    """:func:`generate`, one op at a time."""
     rng = random.Random(workload.seed)
     weights = [1.0 / rank**workload.zipf_s for rank in range(1, workload.keys + 1)]
     cumulative = list(itertools.accumulate(weights))
     total = cumulative[-1]
-    ops: list[Op] = []
     for update in range(workload.updates):
         if workload.new_keys and rng.random() < workload.new_keys:
             index, key, new = workload.keys + update, f"new:{update}", True
         else:  # (no draw at all when new_keys is 0: the same ops as before it existed)
             index = rng.randrange(workload.keys)
             key, new = workload.key(index), False
-        ops.append(Op("write", key, _profile(rng, workload, index, update + 1), new))
-        ops.extend(Op("read_back", key, None, new) for _ in range(workload.reads_after_write))
+        yield Op("write", key, _profile(rng, workload, index, update + 1), new)
+        for _ in range(workload.reads_after_write):
+            yield Op("read_back", key, None, new)
         for _ in range(workload.background_reads_per_update):
             pick = bisect.bisect_left(cumulative, rng.random() * total)
-            ops.append(Op("read", workload.key(min(pick, workload.keys - 1))))
-    return ops
+            yield Op("read", workload.key(min(pick, workload.keys - 1)))
 
 
 @dataclass
@@ -445,12 +503,13 @@ def compare(
     try:
         shown_source = _redact(source_url, "source")
         shown_cache = _redact(cache_url, "cache")
-        ops = generate(workload)
-        warmup = initial_profiles(workload)
+        ops, warmup = Replay(workload), Warmup(workload)
         results: list[StrategyResult] = []
         with db_latency(source_url, db_latency_ms) as delayed:
             for name in strategies:
-                namespace = f"compare-{name}-{workload.seed}-{secrets.token_hex(4)}"
+                # The seed only by digest: any int is a seed, a namespace is at most 64 characters.
+                seed_tag = hashlib.sha256(str(workload.seed).encode()).hexdigest()[:8]
+                namespace = f"compare-{name}-{seed_tag}-{secrets.token_hex(4)}"
                 with writethrough.open(
                     source=delayed.url,
                     cache=cache_url,

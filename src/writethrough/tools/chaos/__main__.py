@@ -1,4 +1,4 @@
-"""A killed writer's child process (see ``phase._killed_writers``)."""
+"""A killed writer's child process (see ``phase._killed_writers``): its config on stdin."""
 
 from __future__ import annotations
 
@@ -8,4 +8,4 @@ import sys
 from .phase import killed_writer
 
 if __name__ == "__main__":
-    killed_writer(json.loads(sys.argv[1]))
+    killed_writer(json.loads(sys.stdin.read()))

@@ -307,8 +307,7 @@ def _killed_writers(phase: Phase) -> None:
         config = {"source": c.source_url, "cache": c.cache_url, "namespace": phase.namespace,
                   "strategy": p.strategy, "protocol": "versioned" if p.versioned else "naive",
                   "durability": phase.scenario.kill, "key": key, "rounds": 2, "pause": 0.05}
-        procs.append(subprocess.Popen([sys.executable, "-m", "writethrough.tools.chaos", json.dumps(config)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(spawn_writer(config))
     try:
         for key, proc in zip(phase.killed_keys, procs, strict=True):
             try:
@@ -332,6 +331,19 @@ def _killed_writers(phase: Phase) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def spawn_writer(config: dict[str, Any]) -> subprocess.Popen[str]:
+    """``python -m writethrough.tools.chaos``, its config (URLs with passwords) on its stdin:
+    never on argv, which every local user can read (``ps``, /proc/<pid>/cmdline)."""
+    proc = subprocess.Popen([sys.executable, "-m", "writethrough.tools.chaos"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin is not None
+    with proc.stdin:  # a few hundred bytes: the pipe's buffer takes them without blocking
+        proc.stdin.write(json.dumps(config))
+    proc.stdin = None  # closed: communicate() must not flush it
+    return proc
 
 
 def killed_writer(config: dict[str, Any]) -> None:

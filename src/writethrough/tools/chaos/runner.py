@@ -13,6 +13,7 @@ from typing import Any
 
 from ...caches import BACKENDS as CACHES
 from ...caches import open_cache
+from ...checks import check_count
 from ...errors import ConfigError
 from ...sources import BACKENDS as SOURCES
 from ...sources import open_source
@@ -132,9 +133,11 @@ def run_chaos(
     that can run on this source/cache pair. ``stores``: stores the clients are spread over
     (app processes sharing the cache). ``history``: every op as JSON lines, keys and clients
     prefixed by protocol/scenario (``checker.read_history`` reads it)."""
-    for name, value in (("ops", ops), ("clients", clients), ("stores", stores)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    # Bounded: each client is a thread, each store may run a repair worker, and the checker
+    # keeps every op of a phase in memory.
+    for name, value, most in (("ops", ops, 1_000_000), ("clients", clients, 256),
+                              ("stores", stores, 64)):
+        check_count(name, value, most=most)
     if not scenarios or not protocols:
         raise ConfigError("nothing to run: no scenario or no protocol")
     outbox = _has_outbox(source_url, cache_url)
