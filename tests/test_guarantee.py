@@ -240,6 +240,7 @@ def test_a_commit_whose_reply_was_lost_is_repaired(postgres_srv: Any, redis_srv:
     ns = unique_namespace("lost")
     via = postgres_srv.url.replace(f":{target.get('port') or 5432}/", f":{proxy.port}/")
     assert via != postgres_srv.url
+    via += "?statement_timeout_ms=500"  # a lost statement has run or died 0.5 s after the error
     direct = writethrough.open(source=postgres_srv.url, cache=f"{redis_srv.url}?{ROOMY}",
                                namespace=ns, repair_worker=False)
     try:
@@ -267,6 +268,8 @@ def test_a_commit_whose_reply_was_lost_is_repaired(postgres_srv: Any, redis_srv:
             assert len(errors) == 1 and isinstance(errors[0], SourceError)
             proxy.pass_through()
             assert direct.get("k") == "v1", "before the repair: another process reads v1"
+            assert store.repair_once() == 0, "within the statement timeout: not yet"
+            time.sleep(1.6)
             assert store.repair_once() == 1
             assert direct.get("k") == "v2", "after it: the committed v2"
     finally:

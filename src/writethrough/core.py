@@ -75,6 +75,7 @@ STAT_NAMES = (
     "floors_pushed",  # read floors that left memory as tombstones in the cache
     "floors_dropped",  # read floors forgotten while the cache was down (see floors.py)
     "epoch_changes",  # the database epoch moved on (restore, failover, truncate)
+    "epoch_bumps_on_evidence",  # the cache held a value newer than the DB's row: DB went back
 )
 
 class Stats:

@@ -15,9 +15,10 @@ below the current epoch's floor is never served (``protocol.visible``).
 
 The epochs live in the database itself, in ``writethrough_epochs``: one row per
 namespace, and the row ``''`` for the whole database; a namespace's epoch is the
-larger of the two. A bump sets ``greatest(epoch + 1, <unix seconds now>)``: an epoch
-row restored from a backup is older than any bump made after it was taken, so the
-next bump still orders after every epoch the lost timeline handed out.
+larger of the two. A bump sets ``greatest(epoch + 1, <unix microseconds now>)``: an epoch
+row restored from a backup is older than any bump made after it was taken, so the next
+bump still orders after every epoch the lost timeline handed out (unless both fell in
+the same microsecond, or the clock went back that far).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ INSERT INTO writethrough_epochs AS e (namespace, epoch, system_id, timeline, rea
 VALUES ('', 0, %(sid)s, %(tl)s, 'first seen')
 ON CONFLICT (namespace) DO UPDATE SET
   epoch = CASE WHEN e.system_id IS NULL THEN e.epoch
-               ELSE greatest(e.epoch + 1, extract(epoch FROM now())::bigint) END,
+               ELSE greatest(e.epoch + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint) END,
   system_id = EXCLUDED.system_id, timeline = EXCLUDED.timeline,
   reason = CASE WHEN e.system_id IS NULL THEN 'first seen'
                 ELSE 'system ' || coalesce(e.system_id, '?') || ' timeline ' ||
@@ -90,9 +91,9 @@ PG_BUMP = """
 INSERT INTO writethrough_epochs AS e (namespace, epoch, reason)
 VALUES (%(ns)s, greatest(
   (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs WHERE namespace IN ('', %(ns)s)) + 1,
-  extract(epoch FROM now())::bigint), %(reason)s)
+  (extract(epoch FROM clock_timestamp()) * 1000000)::bigint), %(reason)s)
 ON CONFLICT (namespace) DO UPDATE SET
-  epoch = greatest(e.epoch + 1, extract(epoch FROM now())::bigint),
+  epoch = greatest(e.epoch + 1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint),
   reason = EXCLUDED.reason, changed_at = now()
 RETURNING epoch
 """

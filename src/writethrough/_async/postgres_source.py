@@ -288,11 +288,15 @@ class AsyncPostgresSource:
         """Before a new connection's first statement: if the server is not the one last
         seen (a restore, a failover: another system identifier or timeline), bump the
         database's epoch, so versions from now on order after every one handed out
-        before (``epochs``). A standby cannot tell its timeline (nor take writes): skipped."""
+        before (``epochs``). A standby (in recovery) is refused."""
         try:
             found = await (await conn.execute(PG_IDENTITY)).fetchone()
         except psycopg.errors.ObjectNotInPrerequisiteState:  # recovery is in progress
-            return
+            # A standby: no writes, reads that lag the primary, and no timeline to tell
+            # whether it was promoted later. Never used (the pool tries again).
+            raise SourceUnavailable(
+                f"PostgreSQL {self.where} is a standby (in recovery): writethrough needs the primary"
+            ) from None
         if found is not None:
             await conn.execute(PG_OBSERVE, {"sid": found[0], "tl": found[1]})
 

@@ -253,10 +253,14 @@ class AsyncPostgresTableSource:
 
     async def _observe(self, conn: AsyncConnection) -> None:
         """As the key-value source does: a server that is not the one last seen (a restore,
-        a failover) bumps the database's epoch (``epochs``). Skipped on a standby."""
+        a failover) bumps the database's epoch (``epochs``). A standby is refused."""
         try:
             found = await (await conn.execute(PG_IDENTITY)).fetchone()
         except psycopg.errors.ObjectNotInPrerequisiteState:  # recovery is in progress
-            return
+            # A standby: no writes, reads that lag the primary, and no timeline to tell
+            # whether it was promoted later. Never used (the pool tries again).
+            raise SourceUnavailable(
+                f"PostgreSQL {self.where} is a standby (in recovery): writethrough needs the primary"
+            ) from None
         if found is not None:
             await conn.execute(PG_OBSERVE, {"sid": found[0], "tl": found[1]})

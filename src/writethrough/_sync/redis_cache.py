@@ -23,6 +23,7 @@ The asyncio version (``_async/redis_cache.py``) is written by hand; the sync one
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -46,6 +47,7 @@ from .compat import Semaphore
 
 _HIT_OR_BUSY = (LeaseOutcome.HIT, LeaseOutcome.BUSY)
 CHECK_TIMEOUT = 0.5  # at least this long for the lifetime check's replies on connect
+REIGN_RECHECK = 0.5  # seconds between two checks of a connection's server reign
 FIX_TIMEOUT = 5.0  # seconds for the reply while a restarted cluster node's markers move
 
 
@@ -73,13 +75,31 @@ def check_lifetime(conn: Any, cluster: bool) -> None:
 
 
 class LifetimeCheck:
-    """Mixin for a redis-py connection class: :func:`check_lifetime` on connect."""
+    """Mixin for a redis-py connection class: :func:`check_lifetime` on connect, and again
+    every ``REIGN_RECHECK`` seconds before a command: a failover need not close the
+    connections to a demoted primary (Redis keeps them; so may a proxy), and a busy
+    connection is never idle long enough for a health check. A demoted primary refuses the
+    check's write (READONLY): the connection is dropped and the next one goes to the new
+    primary."""
 
     wt_cluster = False
+    wt_next_check = 0.0
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
         super().on_connect_check_health(check_health=check_health)  # type: ignore[misc]
+        self.wt_next_check = time.monotonic() + REIGN_RECHECK
         check_lifetime(self, self.wt_cluster)
+
+    def check_health(self) -> None:
+        super().check_health()  # type: ignore[misc]
+        if time.monotonic() < self.wt_next_check:
+            return
+        self.wt_next_check = time.monotonic() + REIGN_RECHECK
+        try:
+            check_lifetime(self, self.wt_cluster)
+        except BaseException:
+            self.disconnect()  # type: ignore[attr-defined]
+            raise
 
 
 class RedisCache:

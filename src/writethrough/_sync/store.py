@@ -94,7 +94,9 @@ class Store:
         self.flights = Flights()
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
-        keep_for = max(self.settings.ttl, self.settings.lease_ttl) + 1.0
+        # Nothing older than a floor can land after this: fills read the DB after their
+        # lease (renewed for at most LEASE_RENEW_FOR), writes land within their budget.
+        keep_for = max(self.settings.ttl, self.settings.lease_ttl) + LEASE_RENEW_FOR + 1.0
         self.floors = ReadFloors(FLOOR_KEYS, keep_for, clock, floor_guard())
         self._floors = self.floors.floors  # read on the hot path
         self._hits = self.stats.counters["hits"]
@@ -110,12 +112,17 @@ class Store:
         self._epoch_ceiling = MAX_ROW_VERSION + 1
         self._next_epoch_check = 0.0
         self._held: dict[bytes, tuple[str, float, float]] = {}  # token -> key, taken, renewed
+        # A statement whose reply was lost may still commit on the server until its
+        # statement timeout: a verifying repair reads the version back only after that.
+        timeout_ms = getattr(source, "statement_timeout_ms", 0)
+        self._verify_after = timeout_ms / 1000 + 1.0 if isinstance(timeout_ms, int) and timeout_ms else 0.0
         # The worker renews leases of slow loads, checks the database epoch and applies
         # repairs; without it (repair_worker=False) the caller drives repair_once().
         self._worker: RepairWorker | None = None
+        self._lease_worker: RepairWorker | None = None
         if repair_worker and self._versioned:
-            interval = min(self.settings.repair_interval, self.settings.lease_ttl / 4)
-            self._worker = RepairWorker(self._tick, interval)
+            self._worker = RepairWorker(self._maintain, self.settings.repair_interval)
+            self._lease_worker = RepairWorker(self._tick, min(0.5, self.settings.lease_ttl / 4))
         self._outbox: OutboxSource | None = None
         self._outbox_done: list[int] = []  # outbox rows whose cache write landed
         if self.settings.durability == "outbox":
@@ -139,8 +146,9 @@ class Store:
                 self.close()
                 raise
             self._opened = True
-            if self._worker is not None:
+            if self._worker is not None and self._lease_worker is not None:
                 self._worker.start()
+                self._lease_worker.start()
         return self
 
     def __enter__(self) -> Store:
@@ -154,7 +162,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        if self._worker is not None:
+        if self._worker is not None and self._lease_worker is not None:
+            self._lease_worker.stop()
             self._worker.stop()
         try:
             if self._outbox is not None and self._outbox_done:
@@ -340,8 +349,11 @@ class Store:
         return row
 
     def _push_floor(self, key: str, version: int) -> None:
-        """A floor leaving memory becomes a tombstone in the cache (see ``floors``)."""
-        outcome = self._conditional_write(self._prefix + key, Kind.TOMBSTONE, version, b"")
+        """A floor leaving memory becomes a tombstone in the cache (see ``floors``); with
+        the circuit open (the cache is down) it is dropped, not paid for with a timeout."""
+        outcome = None
+        if self.breaker.closed:
+            outcome = self._conditional_write(self._prefix + key, Kind.TOMBSTONE, version, b"")
         self.stats.add("floors_pushed" if outcome is not None else "floors_dropped")
 
     def _versioned_row(self, row: Row) -> Versioned | None:
@@ -386,23 +398,63 @@ class Store:
         is put in the database epoch this store last saw (``epochs``).
         """
         ckey = self._cache_key(key)
-        checked = self._epoch_floor + check_version(version)
+        row_version = check_version(version)
         payload = self._dumps(value)
-        return shielded(self._cache_step(key, ckey, self._write_kind, checked, payload))
+        return shielded(self._apply(key, ckey, self._write_kind, row_version, payload))
 
     def apply_delete(self, key: str, version: int) -> WriteResult:
         """The application deleted ``key`` itself; ``version`` is the delete's (see :meth:`apply_write`)."""
         ckey = self._cache_key(key)
-        checked = self._epoch_floor + check_version(version)
-        return shielded(self._cache_step(key, ckey, Kind.TOMBSTONE, checked, b""))
+        row_version = check_version(version)
+        return shielded(self._apply(key, ckey, Kind.TOMBSTONE, row_version, b""))
+
+    def _apply(self, key: str, ckey: str, kind: Kind, row_version: int, payload: bytes) -> WriteResult:
+        """The cache step of a write the application committed: its row version in the
+        epoch this store knows. If the cache holds a newer version, that may be an entry of
+        an epoch this store has not seen yet (a bump a moment ago): it asks the database,
+        and if the epoch moved on, writes again in the new one."""
+        floor = self._epoch_floor
+        result, raw = self._cache_step_raw(key, ckey, kind, floor + row_version, payload)
+        if raw is WriteOutcome.SUPERSEDED or raw is WriteOutcome.KEPT:
+            self._check_epoch()
+            if self._epoch_floor > floor:
+                result, raw = self._cache_step_raw(
+                    key, ckey, kind, self._epoch_floor + row_version, payload)
+        return result
+
+    def _check_went_back(self, key: str, ckey: str, version: int) -> None:
+        """A write was superseded. If the cache holds a *value* newer than the row the
+        database holds now, the database went back in time (a restore nobody announced):
+        bump its epoch, so every version from now on orders after the lost ones."""
+        bump = getattr(self.source, "bump_epoch", None)
+        entry = self._cache_call(self.cache.get, ckey)
+        if bump is None or entry is _MISSING or entry is None or entry.kind is not _VALUE:
+            return
+        if entry.version <= version:
+            return
+        row = self.source.read(key)
+        self._learn_epoch(row.version)
+        if row.payload is None or row.version >= entry.version:
+            return
+        self.stats.add("epoch_bumps_on_evidence")
+        epoch = bump(f"the cache held v{entry.version} of {key!r}, the database v{row.version}",
+                           everything=True)
+        self._learn_epoch(epoch * EPOCH_SPAN)
 
     def _cache_step(
         self, key: str, ckey: str, kind: Kind, version: int, payload: bytes, outbox_ids: tuple[int, ...] = ()
     ) -> WriteResult:
+        return (self._cache_step_raw(key, ckey, kind, version, payload, outbox_ids))[0]
+
+    def _cache_step_raw(
+        self, key: str, ckey: str, kind: Kind, version: int, payload: bytes, outbox_ids: tuple[int, ...] = ()
+    ) -> tuple[WriteResult, WriteOutcome | None]:
+        """The cache step, and what the conditional write found (None: no answer)."""
         data = payload if kind is _VALUE else b""
         if not self._versioned:
-            return WriteResult(key, version, self._naive_write(ckey, kind, version, data))
-        return WriteResult(key, version, self._ladder(key, ckey, kind, version, data, outbox_ids))
+            return WriteResult(key, version, self._naive_write(ckey, kind, version, data)), None
+        outcome, raw = self._ladder(key, ckey, kind, version, data, outbox_ids)
+        return WriteResult(key, version, outcome), raw
 
     def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
         outbox_ids: tuple[int, ...] = ()
@@ -423,7 +475,13 @@ class Store:
             raise
         self.stats.add("source_writes")
         self._learn_epoch(version)
-        result = self._cache_step(key, ckey, kind, version, payload or b"", outbox_ids)
+        result, raw = self._cache_step_raw(key, ckey, kind, version, payload or b"", outbox_ids)
+        if raw is WriteOutcome.SUPERSEDED or raw is WriteOutcome.KEPT:
+            floor = self._epoch_floor
+            self._check_went_back(key, ckey, version)
+            if self._epoch_floor > floor:  # bumped: this write now orders after the lost ones
+                version = self._epoch_floor + version % EPOCH_SPAN
+                result, raw = self._cache_step_raw(key, ckey, kind, version, payload or b"")
         if self._worker is None and self._outbox is not None and len(self._outbox_done) >= OUTBOX_BATCH:
             self._clear_outbox(self._outbox)  # no worker clears them: keep them bounded
         return result
@@ -444,18 +502,19 @@ class Store:
 
     def _ladder(
         self, key: str, ckey: str, kind: Kind, version: int, payload: bytes, outbox_ids: tuple[int, ...] = ()
-    ) -> CacheOutcome:
-        """conditional set -> retries with backoff -> tombstone -> repair record, in budget."""
+    ) -> tuple[CacheOutcome, WriteOutcome | None]:
+        """conditional set -> retries with backoff -> tombstone -> repair record, in budget.
+        Returns the outcome and what the conditional write found (None: no answer)."""
         deadline = self.clock() + self.settings.write_budget
         attempt = 0
         token = os.urandom(8) if kind is _VALUE and self._cold_lease else None
         while self.breaker.allow():
             outcome = self._conditional_write(ckey, kind, version, payload, token)
             if outcome is WriteOutcome.LEASED and token is not None:
-                return self._cold_fill(key, ckey, token, version, outbox_ids)
+                return self._cold_fill(key, ckey, token, version, outbox_ids), outcome
             if outcome is not None:
                 self._settled(key, version, outbox_ids)
-                return public_outcome(outcome, kind)
+                return public_outcome(outcome, kind), outcome
             attempt += 1
             if attempt > self.settings.retry.retries:
                 if kind is not _VALUE:
@@ -466,7 +525,7 @@ class Store:
                 break
             self.sleep(pause)
         self._record(Repair(key, version, self.clock(), outbox_ids))
-        return CacheOutcome.PENDING_REPAIR
+        return CacheOutcome.PENDING_REPAIR, None
 
     def _cold_fill(
         self, key: str, ckey: str, token: bytes, version: int, outbox_ids: tuple[int, ...]
@@ -532,7 +591,10 @@ class Store:
         """Apply recorded repairs while the cache answers; with the outbox, also clear
         settled outbox rows and repair what dead writers left. Returns repairs applied."""
         applied = 0
+        unsure_until = self.clock() - self._verify_after
         for repair in self.repairs.snapshot():
+            if repair.verify and repair.recorded_at > unsure_until:
+                continue  # its statement may still be running on the server: wait it out
             if not self.breaker.allow():
                 break
             version = repair.version
@@ -587,11 +649,15 @@ class Store:
     # -- background: lease renewal, epoch checks, repairs -------------------------
 
     def _tick(self) -> None:
-        """Run by the worker every ``min(repair_interval, lease_ttl / 4)`` seconds."""
+        """The lease worker, every ``lease_ttl / 4`` seconds at most: renew the leases of
+        slow loads. Only cache calls: a slow database never stops the renewals."""
         self._renew_leases()
+        self.floors.expire()
+
+    def _maintain(self) -> None:
+        """The repair worker, every ``repair_interval``: the epoch check, then repairs."""
         if self.clock() >= self._next_epoch_check:
             self._check_epoch()
-        self.floors.expire()
         self.repair_once()
 
     def _renew_leases(self) -> None:

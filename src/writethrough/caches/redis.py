@@ -12,6 +12,7 @@ retry, so its time budget holds (redis-py 8 retries by default, which turned a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -24,7 +25,13 @@ from redis.retry import Retry
 
 from .._async.redis_cache import AsyncRedisCache, AsyncRedisClusterCache
 from .._async.redis_cache import LifetimeCheck as AsyncLifetimeCheck
-from .._sync.redis_cache import LifetimeCheck, RedisCache, RedisClusterCache, check_lifetime
+from .._sync.redis_cache import (
+    REIGN_RECHECK,
+    LifetimeCheck,
+    RedisCache,
+    RedisClusterCache,
+    check_lifetime,
+)
 from ..errors import ConfigError
 from ..urls import ParsedURL
 from .redis_codec import client_options, mapped_errors
@@ -51,6 +58,27 @@ def _check_hosts(url: ParsedURL) -> None:
     for host, _ in url.hosts:
         if "%" in host and ":" not in host:  # %-escapes: PostgreSQL socket paths, IPv6 zones
             raise ConfigError(f"Redis host {host!r} is not a host name or address: {url.redacted()}")
+
+
+def recheck_lifetime_of(conn: Any) -> None:
+    """Check a sync cluster connection's reign now, and again every ``REIGN_RECHECK`` s
+    before a command (as :class:`LifetimeCheck` does for the connections we make)."""
+    check_health = conn.check_health
+
+    def rechecked() -> None:
+        check_health()
+        if time.monotonic() < conn.wt_next_check:
+            return
+        conn.wt_next_check = time.monotonic() + REIGN_RECHECK
+        try:
+            check_lifetime(conn, True)
+        except BaseException:
+            conn.disconnect()
+            raise
+
+    conn.wt_next_check = time.monotonic() + REIGN_RECHECK
+    conn.check_health = rechecked
+    check_lifetime(conn, True)
 
 
 def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = False) -> type[Any]:
@@ -109,9 +137,9 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     seeds, kwargs = _cluster(url, options)
     limit = kwargs.pop("max_concurrency", kwargs["max_connections"])
     nodes = [ClusterNode(host, port) for host, port in seeds]  # type: ignore[no-untyped-call]
-    # RedisCluster picks each node's connection class itself (SSL or not); it calls this
-    # after the connection's own set-up, before the connection's first command.
-    kwargs["redis_connect_func"] = lambda conn: check_lifetime(conn, True)
+    # RedisCluster makes each node's client and picks its connection class itself (SSL or
+    # not); it calls this after a connection's own set-up, before its first command.
+    kwargs["redis_connect_func"] = recheck_lifetime_of
     with mapped_errors():
         client = RedisCluster(startup_nodes=nodes, retry=Retry(NoBackoff(), 0), **kwargs)
     return RedisClusterCache(client, max_concurrency=limit)

@@ -25,12 +25,16 @@ from ..protocol import Entry, Kind, WriteOutcome
 from ..urls import ParsedURL
 
 SCRIPT = files(__package__).joinpath("protocol.lua").read_text(encoding="utf-8")
-# Run by every new connection before its first command (one round trip): the marker
-# takes the tag of the server's current reign -- its run_id (new on every restart) and
-# its replication id (new on every promotion, also of a server that was primary before
-# and comes back) -- so entries of any earlier reign stop counting.
+# Run by every new connection before its first command (one round trip), and again every
+# REIGN_RECHECK seconds: the marker takes the tag of the server's current reign -- its
+# run_id (new on every restart) and its replication id (new on every promotion, also of a
+# server that was primary before and comes back) -- so entries of any earlier reign stop
+# counting. A replica (a demoted primary still reached by an old connection) is refused.
 _TAG = (
     "local info = redis.call('INFO', 'server', 'replication')\n"
+    "if string.match(info, 'role:(%a+)') ~= 'master' then\n"
+    "  return redis.error_reply('READONLY writethrough: this server is a replica now')\n"
+    "end\n"
     "local tag = string.sub(redis.sha1hex(string.match(info, 'run_id:(%x+)') .. ':' ..\n"
     "  string.match(info, 'master_replid:(%x+)')), 1, 16)\n"
 )

@@ -313,12 +313,13 @@ SQLITE_CREATE_EPOCHS = (
 
 
 def bump_sqlite_epoch(conn: sqlite3.Connection, namespace: str, reason: str) -> int:
-    """``greatest(epoch + 1, now)`` for ``namespace`` ('' = the whole database); the new epoch."""
+    """``greatest(epoch + 1, now in microseconds)`` for ``namespace`` ('' = the whole
+    database); the new epoch."""
     conn.execute(SQLITE_CREATE_EPOCHS)
     current = conn.execute(
         f"SELECT coalesce(max(epoch), 0) FROM {EPOCHS} WHERE namespace IN ('', ?)", (namespace,)
     ).fetchone()[0]
-    epoch = max(int(current) + 1, int(time.time()))
+    epoch = max(int(current) + 1, int(time.time() * 1_000_000))
     conn.execute(
         f"INSERT INTO {EPOCHS} (namespace, epoch, reason, changed_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (namespace) DO UPDATE SET epoch = excluded.epoch, reason = excluded.reason, "

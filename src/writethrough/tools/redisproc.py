@@ -15,11 +15,12 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
-
-import redis
+from typing import IO, TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis
 
 STOCK_SAVE = "3600 1 300 100 60 10000"  # redis.conf's default snapshot schedule
 
@@ -56,6 +57,8 @@ class RedisProcess:
         self.destroy()
 
     def client(self) -> redis.Redis:
+        import redis  # the redis extra; only a Redis scenario gets here
+
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
 
     def start(self, timeout: float = 20.0) -> None:
@@ -69,7 +72,7 @@ class RedisProcess:
                 with self.client() as c:
                     if c.info("server").get("process_id") == self._proc.pid:
                         return
-            except redis.RedisError:
+            except Exception:  # not up yet (redis.RedisError)
                 pass
             time.sleep(0.02)
         self.crash()
