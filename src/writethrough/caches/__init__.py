@@ -16,10 +16,10 @@ BACKENDS: dict[str, str] = {
 }
 ASYNC_BACKENDS: dict[str, str] = {
     "memory": "writethrough.caches.memory:async_from_url",
-    "redis": "writethrough.caches.redis:async_from_url",
-    "rediss": "writethrough.caches.redis:async_from_url",
-    "redis+cluster": "writethrough.caches.redis:async_cluster_from_url",
-    "rediss+cluster": "writethrough.caches.redis:async_cluster_from_url",
+    "redis": "writethrough.caches.redis_async:async_from_url",
+    "rediss": "writethrough.caches.redis_async:async_from_url",
+    "redis+cluster": "writethrough.caches.redis_async:async_cluster_from_url",
+    "rediss+cluster": "writethrough.caches.redis_async:async_cluster_from_url",
 }
 
 

@@ -44,9 +44,9 @@ from ..errors import ConfigError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .base import AsyncCache, Cache
 from .memory import MemoryCache
+from .redis_codec import MARKER_PREFIX as MARKERS  # the Redis backend's lifetime markers
 
 INVALIDATE_CHANNEL = b"__redis__:invalidate"
-MARKERS = "wt:~"  # the Redis backend's lifetime markers ('~' is never in a namespace)
 _monotonic = time.monotonic
 DEFAULT_PREFIX = "wt:"
 _VALUE = Kind.VALUE
