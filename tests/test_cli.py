@@ -152,3 +152,38 @@ def test_python_dash_m_writethrough() -> None:
     assert (
         done.returncode == 0 and done.stdout.strip() == f"writethrough {writethrough.__version__}"
     )
+
+
+def test_compare_new_keys_and_db_latency_reach_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["compare", "--updates", "60", "--keys", "10", "--new-keys", "0.5",
+            "--db-latency", "1", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["workload"]["new_keys"] == 0.5
+    assert data["workload"]["db_latency_ms"] == 1.0
+    assert data["workload"]["db_latency_how"] == "source wrapper"  # SQLite: a delaying wrapper
+    for s in data["strategies"]:
+        assert s["creates"] > 0 and s["create_read_backs"] == s["creates"]
+        assert s["write_p50_us"] >= 1000  # every write waited the added millisecond
+    assert main(["compare", "--updates", "40", "--keys", "10", "--new-keys", "0.3"]) == 0
+    assert "read-after-create" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", [["--new-keys", "1.5"], ["--new-keys", "x"], ["--db-latency", "-1"]])
+def test_compare_rejects_a_bad_share_or_latency(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", *bad])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and bad[0] in err
+
+
+def test_bench_runs_rows_and_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--rounds", "1", "--only", "import", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [row["key"] for row in data["rows"]] == ["import"]
+    assert data["rows"][0]["contenders"][0]["extra"]["heavy_modules_loaded"] == []
+    with pytest.raises(SystemExit):
+        main(["bench", "--only", "nope"])

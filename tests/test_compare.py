@@ -260,3 +260,85 @@ def test_percentiles_use_nearest_rank() -> None:
     assert _percentile_us(samples, 50) == 50.0
     assert _percentile_us(samples, 99) == 99.0
     assert _percentile_us([], 50) == 0.0
+
+
+# -- new keys and DB latency -------------------------------------------------------
+
+
+def test_new_keys_share_creates_keys_and_reads_them_back() -> None:
+    workload = Workload(updates=400, keys=50, new_keys=0.25)
+    ops = generate(workload)
+    writes = [op for op in ops if op.kind == "write"]
+    created = [op for op in writes if op.new]
+    assert 60 <= len(created) <= 140  # ~100 of 400
+    assert len({op.key for op in created}) == len(created)  # each a key never seen before
+    assert all(op.key.startswith("new:") for op in created)
+    for i, op in enumerate(ops):
+        if op.kind == "write":
+            assert ops[i + 1] == Op("read_back", op.key, None, op.new)
+    # Without new keys the ops are the ones the seed always gave.
+    assert generate(Workload(updates=50, keys=10)) == generate(
+        Workload(updates=50, keys=10, new_keys=0.0)
+    )
+    with pytest.raises(writethrough.ConfigError):
+        Workload(new_keys=1.5)
+
+
+def test_read_after_create_and_read_after_update_are_reported_apart() -> None:
+    result = compare(workload=Workload(updates=300, keys=50, new_keys=0.3))
+    for s in result.strategies:
+        assert s.creates > 0 and s.create_read_backs == s.creates
+        assert s.stale_reads == 0
+        # Whatever the store does on a cold write, the figures add up.
+        assert s.read_back_db_reads == s.create_read_back_db_reads + round(
+            s.extra_db_reads_per_update * (s.writes - s.creates)
+        )
+        assert 0.0 <= s.extra_db_reads_per_create <= 1.0
+    through, invalidate = result.get("write-through"), result.get("invalidate")
+    assert through.extra_db_reads_per_update == 0.0  # a warm key: the read-back is a hit
+    assert invalidate.extra_db_reads_per_update == 1.0
+    assert invalidate.extra_db_reads_per_create == 1.0
+    data = result.to_json()["strategies"][0]
+    assert {"creates", "extra_db_reads_per_create", "create_read_back_p50_us"} <= set(data)
+
+
+def test_db_latency_on_sqlite_delays_every_db_call_through_a_wrapper() -> None:
+    result = compare(workload=Workload(updates=40, keys=10), db_latency_ms=2.0)
+    assert (result.db_latency_ms, result.db_latency_how) == (2.0, "source wrapper")
+    through, invalidate = result.get("write-through"), result.get("invalidate")
+    # Lower bounds only: every write is a DB call that sleeps 2 ms first.
+    assert through.write_p50_us >= 2000 and invalidate.write_p50_us >= 2000
+    assert invalidate.read_back_p50_us >= 2000  # a miss: one DB read
+    assert through.stale_reads == invalidate.stale_reads == 0
+    assert result.to_json()["workload"]["db_latency_how"] == "source wrapper"
+
+
+@pytest.mark.postgres
+def test_db_latency_on_postgres_goes_through_the_fault_proxy(postgres_srv: Any) -> None:
+    result = compare(
+        postgres_srv.url, workload=Workload(updates=30, keys=10), db_latency_ms=2.0
+    )
+    assert result.db_latency_how == "fault proxy"
+    assert "127.0.0.1:" in result.source  # the URL shown is the proxy's, password hidden
+    for s in result.strategies:
+        assert s.write_p50_us >= 2000  # at least one round trip through the proxy
+        assert s.stale_reads == 0
+    assert result.get("invalidate").read_back_p50_us >= 2000
+
+
+def test_db_latency_keeps_user_password_and_query_and_rejects_nonsense() -> None:
+    from writethrough.tools.dblatency import _with_host, db_latency
+
+    url = "postgresql://app:s%40cret@db.example:5433/app?sslmode=disable"
+    assert _with_host(url, "127.0.0.1", 4000) == (
+        "postgresql://app:s%40cret@127.0.0.1:4000/app?sslmode=disable"
+    )
+    assert _with_host("postgresql://h?x=1", "127.0.0.1", 5) == "postgresql://127.0.0.1:5/?x=1"
+    for bad in (-1, float("nan"), "5", True):
+        with pytest.raises(writethrough.ConfigError), db_latency("sqlite:///x.db", bad):  # type: ignore[arg-type]
+            pass
+    with (
+        pytest.raises(writethrough.ConfigError, match="one TCP host"),
+        db_latency("postgresql://a:1,b:2/db", 1.0),
+    ):
+        pass

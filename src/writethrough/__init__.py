@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .caches import open_async_cache, open_cache
+from .caches import open_cache
 from .checks import check_namespace
 from .core import Durability
 from .errors import (
@@ -36,11 +36,10 @@ from .errors import (
 from .protocol import OnEmpty
 from .repair import RetryPolicy
 from .serializers import BytesSerializer, JSONSerializer, Serializer, checked_serializer
-from .sources import open_async_source, open_source
+from .sources import open_source
 from .sources.table import Table
 from .sources.tables import open_async_table_source, open_table_source
 from .store import (
-    AsyncStore,
     CacheOutcome,
     ProtocolName,
     Settings,
@@ -50,6 +49,9 @@ from .store import (
     Versioned,
     WriteResult,
 )
+
+if TYPE_CHECKING:
+    from ._async.store import AsyncStore
 
 __version__ = "0.1.0"
 
@@ -178,6 +180,10 @@ def open_async(
             await store.put("user:42", {...})
         # or: store = await writethrough.open_async(...); ...; await store.close()
     """
+    from ._async.store import AsyncStore
+    from .caches import open_async_cache
+    from .sources import open_async_source
+
     settings = _settings(locals())
     serializer = checked_serializer(serializer)
     opened_cache = open_async_cache(cache, **_options("cache_options", cache_options))
@@ -219,6 +225,15 @@ class AsyncOpener:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.store.close()
+
+
+def __getattr__(name: str) -> Any:
+    """``AsyncStore`` on first use: ``import writethrough`` for the sync API imports no asyncio."""
+    if name == "AsyncStore":
+        from ._async.store import AsyncStore
+
+        return AsyncStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _settings(given: dict[str, Any]) -> Settings:

@@ -7,8 +7,6 @@ import enum
 import math
 from typing import Any, Protocol
 
-import orjson
-
 from .errors import ConfigError, InvalidValueError
 
 
@@ -34,9 +32,17 @@ class JSONSerializer:
 
     name = "json"
 
+    def __init__(self) -> None:
+        # Imported here, not at module level: orjson imports json, uuid and datetime
+        # (~10 ms), and ``import writethrough`` stays cheap until a store is made.
+        import orjson
+
+        self._dumps = orjson.dumps
+        self._loads = orjson.loads
+
     def dumps(self, value: Any) -> bytes:
         try:
-            data = orjson.dumps(value)
+            data = self._dumps(value)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             raise InvalidValueError(f"value is not JSON-serializable: {exc}") from None
         # orjson writes NaN and +-inf as null: only a payload with a null can hold one,
@@ -46,7 +52,7 @@ class JSONSerializer:
         return data
 
     def loads(self, data: bytes) -> Any:
-        return orjson.loads(data)
+        return self._loads(data)
 
 
 class BytesSerializer:

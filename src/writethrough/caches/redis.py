@@ -16,15 +16,10 @@ import time
 from typing import Any
 
 import redis
-import redis.asyncio
-import redis.asyncio.cluster
-import redis.asyncio.retry
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 
-from .._async.redis_cache import AsyncRedisCache, AsyncRedisClusterCache
-from .._async.redis_cache import LifetimeCheck as AsyncLifetimeCheck
 from .._sync.redis_cache import (
     REIGN_RECHECK,
     LifetimeCheck,
@@ -36,16 +31,7 @@ from ..errors import ConfigError
 from ..urls import ParsedURL
 from .redis_codec import client_options, mapped_errors
 
-__all__ = [
-    "AsyncRedisCache",
-    "AsyncRedisClusterCache",
-    "RedisCache",
-    "RedisClusterCache",
-    "async_cluster_from_url",
-    "async_from_url",
-    "cluster_from_url",
-    "from_url",
-]
+__all__ = ["RedisCache", "RedisClusterCache", "cluster_from_url", "from_url"]  # + redis_async
 
 
 ASYNC_CLUSTER_CONCURRENCY = 4
@@ -81,9 +67,9 @@ def recheck_lifetime_of(conn: Any) -> None:
     check_lifetime(conn, True)
 
 
-def lifetime_checked(base: type[Any], *, cluster: bool = False, asyncio: bool = False) -> type[Any]:
-    """``base`` (a redis-py connection class) checking the server's lifetime on connect."""
-    mixin = AsyncLifetimeCheck if asyncio else LifetimeCheck
+def lifetime_checked(base: type[Any], *, cluster: bool = False, mixin: type[Any] = LifetimeCheck) -> type[Any]:
+    """``base`` (a redis-py connection class) checking the server's reign on connect and
+    every REIGN_RECHECK seconds (``mixin``: the sync or the asyncio one)."""
     name = f"Lifetime{'Cluster' if cluster else ''}{base.__name__}"
     return type(name, (mixin, base), {"wt_cluster": cluster})
 
@@ -145,37 +131,10 @@ def cluster_from_url(url: ParsedURL, **options: Any) -> RedisClusterCache:
     return RedisClusterCache(client, max_concurrency=limit)
 
 
-def async_from_url(url: ParsedURL, **options: Any) -> AsyncRedisCache:
-    """The asyncio backend on one server (redis.asyncio)."""
-    kwargs = _standalone(url, options)
-    ssl = kwargs.pop("ssl", False)
-    base = redis.asyncio.SSLConnection if ssl else redis.asyncio.Connection
-    kwargs["connection_class"] = lifetime_checked(base, asyncio=True)
-    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    kwargs.pop("timeout")
-    # A plain pool behind a semaphore of the same size: tasks beyond max_connections
-    # wait their turn (the plain pool alone would fail them), and an uncontended
-    # semaphore is cheaper than redis.asyncio's BlockingConnectionPool.
-    pool = redis.asyncio.ConnectionPool(retry=retry, **kwargs)
-    client = redis.asyncio.Redis(connection_pool=pool)
-    return AsyncRedisCache(client, max_concurrency=kwargs["max_connections"])
+def __getattr__(name: str) -> Any:
+    """The asyncio backend lives in ``redis_async`` (so the sync API never imports asyncio)."""
+    if name in ("AsyncRedisCache", "AsyncRedisClusterCache", "async_from_url", "async_cluster_from_url"):
+        from . import redis_async
 
-
-def async_cluster_from_url(url: ParsedURL, **options: Any) -> AsyncRedisClusterCache:
-    """The asyncio backend on a cluster; it connects on first use."""
-    seeds, kwargs = _cluster(url, options)
-    # redis-py 8.1's asyncio cluster client loses connections ("'NoneType' object has no
-    # attribute 'writelines'", "Connection closed by server") when more than a few
-    # commands are in flight at once; seen here from 16 concurrent tasks, never at 4.
-    limit = kwargs.pop("max_concurrency", ASYNC_CLUSTER_CONCURRENCY)
-    base = redis.asyncio.SSLConnection if kwargs.get("ssl") else redis.asyncio.Connection
-    checked = lifetime_checked(base, cluster=True, asyncio=True)
-    nodes = [redis.asyncio.cluster.ClusterNode(host, port, connection_class=checked)
-             for host, port in seeds]
-    retry = redis.asyncio.retry.Retry(NoBackoff(), 0)
-    with mapped_errors():
-        client = redis.asyncio.cluster.RedisCluster(startup_nodes=nodes, retry=retry, **kwargs)
-    # The client made its own choice of connection class (SSL or not) for the nodes it
-    # discovers; they are made from this dict later, on first use.
-    client.connection_kwargs["connection_class"] = checked
-    return AsyncRedisClusterCache(client, max_concurrency=limit)
+        return getattr(redis_async, name)
+    raise AttributeError(name)

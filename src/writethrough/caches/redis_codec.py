@@ -58,7 +58,8 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
-MARKER = "wt:~epoch"  # the lifetime marker of a standalone server ('~' is never in a namespace)
+MARKER_PREFIX = "wt:~"  # every lifetime marker starts so ('~' is never in a namespace)
+MARKER = MARKER_PREFIX + "epoch"  # the lifetime marker of a standalone server
 TAG_BYTES = 16
 _KINDS = {b"V"[0]: Kind.VALUE, b"T"[0]: Kind.TOMBSTONE, b"L"[0]: Kind.LEASE}
 WRITE_OUTCOMES = {o.value.encode(): o for o in WriteOutcome}

@@ -30,6 +30,7 @@ from ..errors import (
 )
 from .advise import add_advise, run_advise
 from .args import CACHE_ENV, SOURCE_ENV, Adder, Runner, Subparsers
+from .bench import add_bench, run_bench
 from .chaos import add_chaos, run_chaos
 from .check import add_check, run_check
 from .compare import add_compare, run_compare
@@ -55,6 +56,7 @@ COMMANDS: dict[str, tuple[Adder, Runner]] = {
     "advise": (add_advise, run_advise),
     "top": (add_top, run_top),
     "epoch": (add_epoch, run_epoch),
+    "bench": (add_bench, run_bench),
 }
 
 

@@ -76,9 +76,32 @@ def add_compare(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="comma list (write-through,invalidate)",
     )
     add("--ttl", type=non_negative_float, default=300.0, help="cache TTL in seconds (300)")
+    add(
+        "--db-latency",
+        metavar="MS",
+        type=non_negative_float,
+        default=0.0,
+        help="add MS of round-trip delay in front of the DB, as with a remote database: a TCP "
+        "fault proxy before PostgreSQL, a delaying source wrapper for SQLite (0)",
+    )
+    add(
+        "--new-keys",
+        metavar="SHARE",
+        type=_share,
+        default=0.0,
+        help="share of the writes that create a new key (read back like the others), so "
+        "read-after-create shows next to read-after-update (0)",
+    )
     add("--json", action="store_true", help="print one JSON object on stdout, nothing else")
     add("--plot", metavar="FILE.png", default=None, help="also draw the figures to FILE.png")
     return parser
+
+
+def _share(text: str) -> float:
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1], got {text}")
+    return value
 
 
 def run_compare(args: argparse.Namespace) -> int:
@@ -92,6 +115,7 @@ def run_compare(args: argparse.Namespace) -> int:
         background_reads_per_update=args.background_reads,
         zipf_s=args.zipf,
         seed=args.seed,
+        new_keys=args.new_keys,
     )
     if args.plot:
         check_plot_path(args.plot)  # fail before the run, not after
@@ -117,6 +141,7 @@ def run_compare(args: argparse.Namespace) -> int:
             strategies=args.strategies,
             protocol=args.protocol,
             ttl=args.ttl,
+            db_latency_ms=args.db_latency,
             progress=progress,
         )
     if args.plot:
@@ -177,6 +202,13 @@ def _print_compare(result: CompareResult, plot: str | None) -> None:
         f"s={w.zipf_s}); seed {w.seed}. Source {escape(source)}, cache {escape(result.cache)}, "
         f"protocol {result.protocol}, ttl {result.ttl:g}s."
     )
+    if result.db_latency_ms:
+        how = (
+            "a TCP fault proxy in front of PostgreSQL: per round trip"
+            if result.db_latency_how == "fault proxy"
+            else "a delaying source wrapper: per DB call"
+        )
+        out.print(f"DB latency added: +{result.db_latency_ms:g} ms ({how}).")
     out.print(
         f"Warm-up, not measured: one put then one get per key ({w.keys:,} keys) before each "
         "strategy, so every key exists in the DB and is cached. "
@@ -194,6 +226,14 @@ def _print_compare(result: CompareResult, plot: str | None) -> None:
             f"  {s.strategy}: write outcomes {outcomes}; {read_back}"
             f"background miss ratio {s.background_miss_ratio:.2%}."
         )
+        if s.creates:
+            out.print(
+                f"    read-after-update: {s.extra_db_reads_per_update:.2f} extra DB reads/write, "
+                f"p50/p99 {us(s.update_read_back_p50_us)} / {us(s.update_read_back_p99_us)} µs; "
+                f"read-after-create ({s.creates:,} new keys): "
+                f"{s.extra_db_reads_per_create:.2f} extra DB reads/write, p50/p99 "
+                f"{us(s.create_read_back_p50_us)} / {us(s.create_read_back_p99_us)} µs."
+            )
     out.print(f"[bold]{escape(result.extrapolation())}[/]")
     out.print(escape(result.background_note()))
     if plot:

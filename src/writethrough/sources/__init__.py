@@ -12,7 +12,7 @@ BACKENDS: dict[str, str] = {
     "postgres": "writethrough.sources.postgres:from_url",
 }
 ASYNC_BACKENDS: dict[str, str] = {
-    "sqlite": "writethrough.sources.sqlite:async_from_url",
+    "sqlite": "writethrough.sources.sqlite_async:async_from_url",
     "postgresql": "writethrough.sources.postgres:async_from_url",
     "postgres": "writethrough.sources.postgres:async_from_url",
 }

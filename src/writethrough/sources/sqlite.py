@@ -8,7 +8,6 @@ row with a NULL value and a new version, so a re-insert never goes back.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import sqlite3
 import threading
@@ -274,52 +273,6 @@ class SQLiteSource:
         self.claim_verdict, _ = claim_sqlite_namespace(conn, wanted)
 
 
-class AsyncSQLiteSource:
-    """SQLite for the asyncio store: each call runs in a worker thread, off the loop."""
-
-    name = "sqlite"
-
-    def __init__(self, inner: SQLiteSource) -> None:
-        self.inner = inner
-
-    @property
-    def claim_verdict(self) -> Verdict | None:
-        return self.inner.claim_verdict
-
-    async def open(self) -> None:
-        await asyncio.to_thread(self.inner.open)
-
-    async def read(self, key: str) -> Row:
-        return await asyncio.to_thread(self.inner.read, key)
-
-    async def write(self, key: str, payload: bytes) -> int:
-        return await asyncio.to_thread(self.inner.write, key, payload)
-
-    async def delete(self, key: str) -> int:
-        return await asyncio.to_thread(self.inner.delete, key)
-
-    async def write_logged(self, key: str, payload: bytes) -> Logged:
-        return await asyncio.to_thread(self.inner.write_logged, key, payload)
-
-    async def delete_logged(self, key: str) -> Logged:
-        return await asyncio.to_thread(self.inner.delete_logged, key)
-
-    async def outbox_claim(self, older_than: float, limit: int, claim_for: float) -> list[OutboxRow]:
-        return await asyncio.to_thread(self.inner.outbox_claim, older_than, limit, claim_for)
-
-    async def outbox_done(self, ids: list[int]) -> None:
-        await asyncio.to_thread(self.inner.outbox_done, ids)
-
-    async def epoch(self) -> int:
-        return await asyncio.to_thread(self.inner.epoch)
-
-    async def bump_epoch(self, reason: str, *, everything: bool = False) -> int:
-        return await asyncio.to_thread(self.inner.bump_epoch, reason, everything=everything)
-
-    async def close(self) -> None:
-        await asyncio.to_thread(self.inner.close)
-
-
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction on an autocommit connection (BEGIN IMMEDIATE: no upgrade deadlock)."""
@@ -428,8 +381,3 @@ def checked_options(url: ParsedURL, **options: Any) -> dict[str, Any]:
     if not isinstance(kwargs["synchronous"], str):
         raise ConfigError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {kwargs['synchronous']!r}")
     return kwargs
-
-
-def async_from_url(url: ParsedURL, *, namespace: str, **options: Any) -> AsyncSQLiteSource:
-    """The same URLs for the asyncio store."""
-    return AsyncSQLiteSource(from_url(url, namespace=namespace, **options))

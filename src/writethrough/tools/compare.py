@@ -37,6 +37,7 @@ from ..checks import check_count
 from ..errors import ConfigError
 from ..store import PROTOCOLS, STRATEGIES, ProtocolName, Store, Strategy
 from ..urls import parse_url
+from .dblatency import db_latency
 
 OpKind = Literal["write", "read_back", "read"]
 Profile = dict[str, Any]
@@ -57,11 +58,15 @@ _BIO_ALPHABET = string.ascii_lowercase + "      "
 
 
 class Op(NamedTuple):
-    """A step: ``("write", key, value)``, ``("read_back", key)`` or ``("read", key)``."""
+    """A step: ``("write", key, value)``, ``("read_back", key)`` or ``("read", key)``.
+
+    ``new`` marks a write that creates its key, and that write's read-backs.
+    """
 
     kind: OpKind
     key: str
     value: Profile | None = None
+    new: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class Workload:
     zipf_s: float = 1.1
     seed: int = 42
     value_bytes: int = 200
+    new_keys: float = 0.0  # share of the writes that create a new key (read back like the rest)
 
     def __post_init__(self) -> None:
         for name, low, high in (
@@ -102,6 +108,9 @@ class Workload:
         s = self.zipf_s
         if not isinstance(s, int | float) or isinstance(s, bool) or not 0 <= s <= MAX_ZIPF:
             raise ConfigError(f"zipf_s must be a finite number in [0, {MAX_ZIPF}], got {s!r}")
+        n = self.new_keys
+        if not isinstance(n, int | float) or isinstance(n, bool) or not 0 <= n <= 1:
+            raise ConfigError(f"new_keys must be a share in [0, 1], got {n!r}")
 
     @property
     def ops(self) -> int:
@@ -135,7 +144,9 @@ def generate(workload: Workload) -> list[Op]:
     """The ops of ``workload``, the same for the same parameters (``random.Random(seed)``).
 
     Per update: one write, ``reads_after_write`` read-backs of that key, then
-    ``background_reads_per_update`` background reads over Zipf-popular keys.
+    ``background_reads_per_update`` background reads over Zipf-popular keys. With
+    ``new_keys`` > 0 that share of the writes creates a new key (``new:<n>``) instead
+    of updating one of the ``keys``: read-after-create next to read-after-update.
     """
     return list(iter_ops(workload))
 
@@ -184,11 +195,14 @@ def iter_ops(workload: Workload) -> Iterator[Op]:
     cumulative = list(itertools.accumulate(weights))
     total = cumulative[-1]
     for update in range(workload.updates):
-        index = rng.randrange(workload.keys)
-        key = workload.key(index)
-        yield Op("write", key, _profile(rng, workload, index, update + 1))
+        if workload.new_keys and rng.random() < workload.new_keys:
+            index, key, new = workload.keys + update, f"new:{update}", True
+        else:  # (no draw at all when new_keys is 0: the same ops as before it existed)
+            index = rng.randrange(workload.keys)
+            key, new = workload.key(index), False
+        yield Op("write", key, _profile(rng, workload, index, update + 1), new)
         for _ in range(workload.reads_after_write):
-            yield Op("read_back", key)
+            yield Op("read_back", key, None, new)
         for _ in range(workload.background_reads_per_update):
             pick = bisect.bisect_left(cumulative, rng.random() * total)
             yield Op("read", workload.key(min(pick, workload.keys - 1)))
@@ -225,6 +239,13 @@ class StrategyResult:
     read_p99_us: float = 0.0
     read_back_p50_us: float = 0.0
     read_back_p99_us: float = 0.0
+    creates: int = 0  # writes that created their key
+    create_read_backs: int = 0  # read-backs right after such a write
+    create_read_back_db_reads: int = 0
+    create_read_back_p50_us: float = 0.0
+    create_read_back_p99_us: float = 0.0
+    update_read_back_p50_us: float = 0.0
+    update_read_back_p99_us: float = 0.0
     elapsed_s: float = 0.0
     namespace: str = ""
 
@@ -237,6 +258,18 @@ class StrategyResult:
     def extra_db_reads_per_write(self) -> float:
         """DB reads caused by read-back gets, per write."""
         return self.read_back_db_reads / self.writes if self.writes else 0.0
+
+    @property
+    def extra_db_reads_per_create(self) -> float:
+        """DB reads caused by the read-backs of writes that created their key, per such write."""
+        return self.create_read_back_db_reads / self.creates if self.creates else 0.0
+
+    @property
+    def extra_db_reads_per_update(self) -> float:
+        """DB reads caused by the read-backs of writes that updated an existing key, per write."""
+        updates = self.writes - self.creates
+        db_reads = self.read_back_db_reads - self.create_read_back_db_reads
+        return db_reads / updates if updates else 0.0
 
     @property
     def background_db_reads_per_write(self) -> float:
@@ -256,6 +289,8 @@ class StrategyResult:
         data.update(
             hit_ratio=round(self.hit_ratio, 6),
             extra_db_reads_per_write=round(self.extra_db_reads_per_write, 6),
+            extra_db_reads_per_create=round(self.extra_db_reads_per_create, 6),
+            extra_db_reads_per_update=round(self.extra_db_reads_per_update, 6),
             background_db_reads_per_write=round(self.background_db_reads_per_write, 6),
             background_miss_ratio=round(self.background_miss_ratio, 6),
             extra_db_queries_per_day_at_1m_updates=round(self.extra_db_queries_per_day),
@@ -285,6 +320,8 @@ class CompareResult:
     protocol: str
     ttl: float
     source_temporary: bool
+    db_latency_ms: float = 0.0
+    db_latency_how: str = "none"  # "none" | "fault proxy" | "source wrapper"
 
     def get(self, strategy: str) -> StrategyResult:
         for result in self.strategies:
@@ -300,6 +337,8 @@ class CompareResult:
             cache=self.cache,
             protocol=self.protocol,
             ttl=self.ttl,
+            db_latency_ms=self.db_latency_ms,
+            db_latency_how=self.db_latency_how,
             warmup="one put, then one get, per key before each strategy; not measured",
             updates_per_day_extrapolated=UPDATES_PER_DAY,
         )
@@ -360,6 +399,8 @@ def run_strategy(
     write_ns: list[int] = []
     read_ns: list[int] = []
     read_back_ns: list[int] = []
+    create_ns: list[int] = []  # read-backs after a create
+    update_ns: list[int] = []  # read-backs after an update
     clock = time.perf_counter_ns
     before = stats.snapshot()
     started = time.perf_counter()
@@ -370,6 +411,7 @@ def run_strategy(
             write_ns.append(clock() - t0)
             acked[op.key] = written.version
             outcomes[written.cache.value] += 1
+            result.creates += op.new
         else:
             reads0, misses0 = stats.source_reads, stats.misses
             t0 = clock()
@@ -382,6 +424,12 @@ def run_strategy(
             if op.kind == "read_back":
                 read_back_ns.append(elapsed)
                 result.read_back_db_reads += db_reads
+                if op.new:
+                    create_ns.append(elapsed)
+                    result.create_read_backs += 1
+                    result.create_read_back_db_reads += db_reads
+                else:
+                    update_ns.append(elapsed)
             else:
                 result.background_reads += 1
                 result.background_db_reads += db_reads
@@ -400,9 +448,15 @@ def run_strategy(
     result.misses = after["misses"] - before["misses"]
     result.db_reads = after["source_reads"] - before["source_reads"]
     result.outcomes = dict(sorted(outcomes.items()))
-    for samples in (write_ns, read_ns, read_back_ns):
+    measured = (
+        ("write", write_ns),
+        ("read", read_ns),
+        ("read_back", read_back_ns),
+        ("create_read_back", create_ns),
+        ("update_read_back", update_ns),
+    )
+    for what, samples in measured:
         samples.sort()
-    for what, samples in (("write", write_ns), ("read", read_ns), ("read_back", read_back_ns)):
         for pct in (50, 99):
             setattr(result, f"{what}_p{pct}_us", _percentile_us(samples, pct))
     return result
@@ -423,12 +477,16 @@ def compare(
     protocol: ProtocolName = "versioned",
     *,
     ttl: float = 300.0,
+    db_latency_ms: float = 0.0,
     progress: Progress | None = None,
 ) -> CompareResult:
     """Run ``workload`` under each of ``strategies``, each in a fresh namespace.
 
     ``source_url=None`` uses a fresh SQLite file in a temporary directory, deleted
-    afterwards. Raises ConfigError (and other WritethroughErrors) on bad settings.
+    afterwards. ``db_latency_ms`` puts that much round-trip delay in front of the
+    database (``tools.dblatency``: a TCP fault proxy before PostgreSQL, a delaying
+    source wrapper for SQLite). Raises ConfigError (and other WritethroughErrors)
+    on bad settings.
     """
     workload = workload or Workload()
     if not strategies:
@@ -447,19 +505,21 @@ def compare(
         shown_cache = _redact(cache_url, "cache")
         ops, warmup = Replay(workload), Warmup(workload)
         results: list[StrategyResult] = []
-        for name in strategies:
-            # The seed only by digest: any int is a seed, a namespace is at most 64 characters.
-            seed_tag = hashlib.sha256(str(workload.seed).encode()).hexdigest()[:8]
-            namespace = f"compare-{name}-{seed_tag}-{secrets.token_hex(4)}"
-            with writethrough.open(
-                source=source_url,
-                cache=cache_url,
-                strategy=name,
-                protocol=protocol,
-                ttl=ttl,
-                namespace=namespace,
-            ) as store:
-                results.append(run_strategy(store, ops, warmup=warmup, progress=progress))
+        with db_latency(source_url, db_latency_ms) as delayed:
+            for name in strategies:
+                # The seed only by digest: any int is a seed, a namespace is at most 64 characters.
+                seed_tag = hashlib.sha256(str(workload.seed).encode()).hexdigest()[:8]
+                namespace = f"compare-{name}-{seed_tag}-{secrets.token_hex(4)}"
+                with writethrough.open(
+                    source=delayed.url,
+                    cache=cache_url,
+                    strategy=name,
+                    protocol=protocol,
+                    ttl=ttl,
+                    namespace=namespace,
+                ) as store:
+                    delayed.wrap(store)
+                    results.append(run_strategy(store, ops, warmup=warmup, progress=progress))
     finally:
         if tmpdir is not None:
             shutil.rmtree(tmpdir, ignore_errors=True)
@@ -471,4 +531,6 @@ def compare(
         protocol=protocol,
         ttl=ttl,
         source_temporary=tmpdir is not None,
+        db_latency_ms=delayed.ms,
+        db_latency_how=delayed.how,
     )
