@@ -794,3 +794,38 @@ def test_a_slot_that_lost_its_wal_is_recreated_and_the_epoch_bumped(
     finally:
         t.sql("ALTER SYSTEM RESET max_slot_wal_keep_size")
         t.sql("SELECT pg_reload_conf()")
+
+
+def test_install_on_current_shared_tables_takes_no_lock_a_listener_holds(
+        logical_pg: PostgresServer) -> None:
+    """A trigger listener mid-batch holds its claimed change rows and reads the epochs; an
+    install of another table then ran ALTER TABLE on both shared tables anyway (epochs
+    first): a deadlock, seen on the shared server. Tables that are already current are
+    left alone now. (On the throwaway cluster: this holds locks on shared tables.)"""
+    url = logical_pg.url
+    names = [f"cp_{unique_namespace('lk')}" for _ in range(2)]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for name in names:
+            conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, name text)")
+    try:
+        install(url, names[0], "id", capture="triggers")  # the shared tables are current
+        with psycopg.connect(url) as listener:  # what a listener's batch holds
+            listener.execute("SELECT FROM writethrough_changes FOR UPDATE")
+            listener.execute("SELECT FROM writethrough_epochs")
+            done = threading.Event()
+
+            def second() -> None:
+                install(url, names[1], "id", capture="triggers")
+                done.set()
+
+            thread = threading.Thread(target=second, daemon=True)
+            thread.start()
+            finished = done.wait(10)
+            listener.rollback()
+            thread.join(30)
+        assert finished, "install waited for the listener's locks on the shared tables"
+    finally:
+        for name in names:
+            uninstall(url, name)
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute(f"DROP TABLE IF EXISTS {name}")

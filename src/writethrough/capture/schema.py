@@ -173,6 +173,26 @@ WHERE n.nspname = %s AND c.relname = %s
 """
 
 
+# Whether a shared table is already as this version leaves it. Running its DDL again
+# would take an ACCESS EXCLUSIVE lock for nothing, and deadlock with a running trigger
+# listener: it holds the change rows it claimed while it reads the epochs, whereas
+# install went epochs first, then changes.
+_EPOCHS_CURRENT = (
+    "SELECT count(*) = 4 FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass "
+    "AND attname IN ('system_id', 'timeline', 'reason', 'changed_at') AND NOT attisdropped"
+)
+_POLICIES_CURRENT = """
+SELECT c.relrowsecurity
+  AND pg_catalog.has_table_privilege('public', c.oid, 'INSERT')
+  AND (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polname IN
+       ('writethrough_read', 'writethrough_claim', 'writethrough_apply')) = 3
+  AND EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid
+              AND p.polname = 'writethrough_record'
+              AND pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) LIKE '%%has_table_privilege%%')
+FROM pg_catalog.pg_class c WHERE c.oid = %s::regclass
+"""
+
+
 def ensure_shared(conn: Connection, objects: Objects, *, changes: bool) -> None:
     """Create the shared objects that are missing; refuse ones another role owns."""
     for name, (kind, create, grant) in _SHARED.items():
@@ -191,10 +211,12 @@ def ensure_shared(conn: Connection, objects: Objects, *, changes: bool) -> None:
             if relkind != kind:
                 raise ConfigError(f"{objects.schema}.{name} exists but is not a "
                                   f"{'sequence' if kind == 'S' else 'table'}")
-            if name == CHANGES and mine:  # the policies of this version
-                for statement in _CHANGES_POLICIES:
+            regclass = target.as_string(conn)
+            if name == CHANGES and mine and not _holds(conn, _POLICIES_CURRENT, regclass):
+                for statement in _CHANGES_POLICIES:  # the policies of this version
                     conn.execute(sql.SQL(statement).format(o=target))
-            if name == EPOCHS and mine:  # a table of an earlier version: its new columns
+            if name == EPOCHS and mine and not _holds(conn, _EPOCHS_CURRENT, regclass):
+                # a table of an earlier version: its new columns
                 conn.execute(sql.SQL(epochs.PG_UPGRADE.replace(
                     "TABLE writethrough_epochs", "TABLE {o}")).format(o=target))
             continue
@@ -207,6 +229,10 @@ def ensure_shared(conn: Connection, objects: Objects, *, changes: bool) -> None:
             if name == CHANGES:
                 for statement in _CHANGES_POLICIES:
                     conn.execute(sql.SQL(statement).format(o=target))
+
+
+def _holds(conn: Connection, check: str, regclass: str) -> bool:
+    return conn.execute(check, (regclass,)).fetchone() == (True,)
 
 
 # -- per table -------------------------------------------------------------------------
