@@ -207,23 +207,25 @@ class AsyncStore:
     async def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
         ckey = self._cache_key(key)
+        # The floor in force now binds this read to the end, even if another thread lifts it.
+        floor = self.floors.version(key) if key in self._floors else 0
         if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
             return await self._read_source(key)
         entry = await self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
         if entry is not _MISSING and self._current(entry):
             self.stats.add("hits")
-            return await self._hit(key, entry)
+            return await self._hit(key, entry, floor)
         self.stats.add("misses")
         if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
             return await self._read_source(key)
         if not self._versioned:
             return await self._naive_fill(key, ckey)
         if entry is not None and entry.kind is _LEASE:
-            joined = await self._join_local_flight(key, entry.payload)
+            joined = await self._join_local_flight(key, entry.payload, floor)
             if joined is not _MISSING:
                 return joined  # type: ignore[no-any-return]
-        return await self._leased_fill(key, ckey)
+        return await self._leased_fill(key, ckey, floor)
 
     def _current(self, entry: Entry | None) -> bool:
         """A value of the database epoch this process knows (older ones are misses)."""
@@ -233,10 +235,11 @@ class AsyncStore:
             and self._epoch_floor <= entry.version < self._epoch_ceiling
         )
 
-    async def _hit(self, key: str, entry: Entry) -> Versioned | None:
+    async def _hit(self, key: str, entry: Entry, floor: int = 0) -> Versioned | None:
         """A value from the cache, unless this process already read a newer one from the DB
-        (its read floor, see ``floors``): then read the DB again."""
-        if key in self._floors and self.floors.below(key, entry.version):
+        (its read floor, see ``floors``; ``floor``: the one in force when the read began):
+        then read the DB again."""
+        if entry.version < floor or (key in self._floors and self.floors.below(key, entry.version)):
             self.stats.add("below_floor")
             return await self._read_source(key)
         try:
@@ -248,7 +251,7 @@ class AsyncStore:
             await self._cache_call(self.cache.delete, self._prefix + key)
             return await self._read_source(key)
 
-    async def _join_local_flight(self, key: str, token: bytes) -> Any:
+    async def _join_local_flight(self, key: str, token: bytes, floor: int = 0) -> Any:
         """If this process holds the lease, await its load (one DB load per key per process).
 
         Safe: the lease is still in the cache, so no write was acknowledged since
@@ -258,11 +261,11 @@ class AsyncStore:
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
-        if row.version < self.floors.version(key):
+        if row.version < max(floor, self.floors.version(key)):
             return await self._read_source(key)
         return self._versioned_row(row)
 
-    async def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
+    async def _leased_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
         token = os.urandom(8)
         leased = await self._cache_call(
             self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
@@ -272,13 +275,13 @@ class AsyncStore:
         outcome, found = leased
         if outcome is LeaseOutcome.HIT and self._current(found):
             self.stats.add("late_hits")
-            return await self._hit(key, found)
+            return await self._hit(key, found, floor)
         if outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = await self._join_local_flight(key, found.payload)
+                joined = await self._join_local_flight(key, found.payload, floor)
                 if joined is not _MISSING:
                     return joined  # type: ignore[no-any-return]
-            waited = await self._wait_for_fill(key, ckey)
+            waited = await self._wait_for_fill(key, ckey, floor)
             if waited is not None:
                 return waited
             return await self._read_source(key)
@@ -309,7 +312,7 @@ class AsyncStore:
         )
         return row, stored is True
 
-    async def _wait_for_fill(self, key: str, ckey: str) -> Versioned | None:
+    async def _wait_for_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
         """Another process holds the lease: poll briefly for its fill."""
         self.stats.add("lease_waits")
         deadline = self.clock() + self.settings.lease_wait
@@ -322,7 +325,7 @@ class AsyncStore:
                 return None
             if self._current(entry):
                 self.stats.add("late_hits")
-                return await self._hit(key, entry)
+                return await self._hit(key, entry, floor)
             if entry is None or entry.kind is not _LEASE:
                 return None  # the lease ended without a value: read the DB
         return None

@@ -208,23 +208,25 @@ class Store:
     def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
         ckey = self._cache_key(key)
+        # The floor in force now binds this read to the end, even if another thread lifts it.
+        floor = self.floors.version(key) if key in self._floors else 0
         if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
             return self._read_source(key)
         entry = self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
         if entry is not _MISSING and self._current(entry):
             self.stats.add("hits")
-            return self._hit(key, entry)
+            return self._hit(key, entry, floor)
         self.stats.add("misses")
         if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
             return self._read_source(key)
         if not self._versioned:
             return self._naive_fill(key, ckey)
         if entry is not None and entry.kind is _LEASE:
-            joined = self._join_local_flight(key, entry.payload)
+            joined = self._join_local_flight(key, entry.payload, floor)
             if joined is not _MISSING:
                 return joined  # type: ignore[no-any-return]
-        return self._leased_fill(key, ckey)
+        return self._leased_fill(key, ckey, floor)
 
     def _current(self, entry: Entry | None) -> bool:
         """A value of the database epoch this process knows (older ones are misses)."""
@@ -234,10 +236,11 @@ class Store:
             and self._epoch_floor <= entry.version < self._epoch_ceiling
         )
 
-    def _hit(self, key: str, entry: Entry) -> Versioned | None:
+    def _hit(self, key: str, entry: Entry, floor: int = 0) -> Versioned | None:
         """A value from the cache, unless this process already read a newer one from the DB
-        (its read floor, see ``floors``): then read the DB again."""
-        if key in self._floors and self.floors.below(key, entry.version):
+        (its read floor, see ``floors``; ``floor``: the one in force when the read began):
+        then read the DB again."""
+        if entry.version < floor or (key in self._floors and self.floors.below(key, entry.version)):
             self.stats.add("below_floor")
             return self._read_source(key)
         try:
@@ -249,7 +252,7 @@ class Store:
             self._cache_call(self.cache.delete, self._prefix + key)
             return self._read_source(key)
 
-    def _join_local_flight(self, key: str, token: bytes) -> Any:
+    def _join_local_flight(self, key: str, token: bytes, floor: int = 0) -> Any:
         """If this process holds the lease, its load (one DB load per key per process).
 
         Safe: the lease is still in the cache, so no write was acknowledged since
@@ -259,11 +262,11 @@ class Store:
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
-        if row.version < self.floors.version(key):
+        if row.version < max(floor, self.floors.version(key)):
             return self._read_source(key)
         return self._versioned_row(row)
 
-    def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
+    def _leased_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
         token = os.urandom(8)
         leased = self._cache_call(
             self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
@@ -273,13 +276,13 @@ class Store:
         outcome, found = leased
         if outcome is LeaseOutcome.HIT and self._current(found):
             self.stats.add("late_hits")
-            return self._hit(key, found)
+            return self._hit(key, found, floor)
         if outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = self._join_local_flight(key, found.payload)
+                joined = self._join_local_flight(key, found.payload, floor)
                 if joined is not _MISSING:
                     return joined  # type: ignore[no-any-return]
-            waited = self._wait_for_fill(key, ckey)
+            waited = self._wait_for_fill(key, ckey, floor)
             if waited is not None:
                 return waited
             return self._read_source(key)
@@ -310,7 +313,7 @@ class Store:
         )
         return row, stored is True
 
-    def _wait_for_fill(self, key: str, ckey: str) -> Versioned | None:
+    def _wait_for_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
         """Another process holds the lease: poll briefly for its fill."""
         self.stats.add("lease_waits")
         deadline = self.clock() + self.settings.lease_wait
@@ -323,7 +326,7 @@ class Store:
                 return None
             if self._current(entry):
                 self.stats.add("late_hits")
-                return self._hit(key, entry)
+                return self._hit(key, entry, floor)
             if entry is None or entry.kind is not _LEASE:
                 return None  # the lease ended without a value: read the DB
         return None
