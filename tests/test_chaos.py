@@ -30,11 +30,11 @@ POSTGRES_ONLY = [s.name for s in SCENARIOS if s.source_wire]
 
 
 def assert_versioned_hold(result: ChaosResult) -> None:
-    """0 stale reads after ack and 0 final divergence. Non-monotonic reads are judged by the
-    tool (``result.ok``), not here: the sync store's read floors can still lose a race."""
+    """0 stale reads after ack, 0 non-monotonic reads per client, 0 final divergence."""
     for p in result.protocols:
         if p.protocol.versioned:
             assert p.report.stale_reads_after_ack == 0, (p.protocol.label, p.report.violations[:5])
+            assert p.report.monotonic_violations == 0, (p.protocol.label, p.report.violations[:5])
             assert p.report.final_divergence == 0, (p.protocol.label, p.report.violations[:5])
             assert p.report.pending_repair_overdue == 0 and p.report.checked_reads > 0
 
