@@ -23,8 +23,9 @@ def test_orm_raw_sql_and_reads_mix_without_stale_reads(postgres_srv: PostgresSer
     assert report.checked_reads > 100
     assert report.stale_reads_after_ack == 0, report.violations[:5]
     assert report.final_divergence == 0, report.violations[:5]
-    # Not asserted: monotonic reads per client. About one read in a million went back by
-    # two versions under the flapping proxy (docs/orm.md, "Chaos"); the store owns it.
+    # Monotonic reads per client too (about one read in a million went back before a read
+    # was bound to the floor in force when it began: tests/test_floor_race.py).
+    assert report.monotonic_violations == 0, report.violations[:5]
 
 
 def test_writethrough_chaos_orm_mix(postgres_srv: PostgresServer, redis_srv: RedisServer,
