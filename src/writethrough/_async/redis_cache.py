@@ -247,14 +247,16 @@ class AsyncRedisCache:
             with mapped_errors():
                 pipe = self.client.pipeline(transaction=False)
                 for key, args in calls:
-                    pipe.evalsha(sha, 2, key, self.marker(key), *args)
+                    # execute_command: redis-py refuses pipe.evalsha on a cluster, though
+                    # the command routes by its keys (one slot: the key and its marker).
+                    pipe.execute_command("EVALSHA", sha, 2, key, self.marker(key), *args)
                 results = list(await pipe.execute(raise_on_error=False))
                 again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
                 if again:
                     pipe = self.client.pipeline(transaction=False)
                     for i in again:
                         key, args = calls[i]
-                        pipe.eval(SCRIPT, 2, key, self.marker(key), *args)
+                        pipe.execute_command("EVAL", SCRIPT, 2, key, self.marker(key), *args)
                     for i, result in zip(again, await pipe.execute(raise_on_error=False), strict=True):
                         results[i] = result
         return [_as_error(r) if isinstance(r, BaseException) else r for r in results]
@@ -284,7 +286,7 @@ class AsyncRedisClusterCache(AsyncRedisCache):
         found: list[tuple[bytes | None, bytes | None]] = [(None, None)] * len(keys)
         pipe = self.client.pipeline()
         for slot, where in slots.items():
-            pipe.mget(slot_marker(slot), *[keys[i] for i in where])
+            pipe.execute_command("MGET", slot_marker(slot), *[keys[i] for i in where])
         for where, (marker, *raws) in zip(slots.values(), await pipe.execute(), strict=True):
             for i, raw in zip(where, raws, strict=True):
                 found[i] = (marker, raw)

@@ -87,7 +87,7 @@ class SQLiteTableSource:
                 epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
                 for start in range(0, len(keys), 500):
                     chunk = keys[start : start + 500]
-                    marks = ",".join("(?)" * len(chunk))
+                    marks = ",".join(["(?)"] * len(chunk))
                     for row in conn.execute(self._sql_read_many.format(marks=marks), chunk):
                         found[row[0]] = row[1:]
             finally:
