@@ -37,6 +37,7 @@ from ..caches.redis_codec import (
     MARKER,
     NODE_SCRIPT,
     SCRIPT,
+    TAG_BYTES,
     WRITE_OUTCOMES,
     decode,
     mapped_errors,
@@ -49,6 +50,7 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
 _HIT_OR_BUSY = (LeaseOutcome.HIT, LeaseOutcome.BUSY)
+_HEAD = 2 + TAG_BYTES  # <kind><fresh><tag>, then the version (redis_codec)
 CHECK_TIMEOUT = 0.5  # at least this long for the lifetime check's replies on connect
 REIGN_RECHECK = 0.5  # seconds between two checks of a connection's server reign
 FIX_TIMEOUT = 5.0  # seconds for the reply while a restarted cluster node's markers move
@@ -189,9 +191,9 @@ class AsyncRedisCache:
             return []
         async with self._limit:
             with mapped_errors():
-                found = await self._mget(keys)
+                markers, raws = await self._mget(keys)
         out: list[Entry | None] = []
-        for marker, raw in found:
+        for marker, raw in zip(markers, raws, strict=True):
             if raw is None:
                 out.append(None)
                 continue
@@ -201,9 +203,39 @@ class AsyncRedisCache:
                 out.append(None)
         return out
 
-    async def _mget(self, keys: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
+    async def get_many_hits(self, keys: Sequence[str], floor: int, ceiling: int) -> list[Any]:
+        """``get_many`` for the store's hit path: a value of this lifetime with
+        ``floor <= version < ceiling`` comes back as ``(version, payload)`` (no Entry made),
+        anything else as ``get_many`` returns it."""
+        if not keys:
+            return []
+        async with self._limit:
+            with mapped_errors():
+                markers, raws = await self._mget(keys)
+        out: list[Any] = []
+        append = out.append
+        for marker, raw in zip(markers, raws, strict=True):
+            if raw is None:
+                append(None)
+                continue
+            if raw[0] == 86 and raw[2:_HEAD] == marker and raw[1] in (48, 49):  # V, this reign
+                colon = raw.find(b":", _HEAD)
+                digits = raw[_HEAD:colon]
+                if colon > _HEAD and digits.isdigit() and (colon == _HEAD + 1 or digits[0] != 48):
+                    version = int(digits)
+                    if floor <= version < ceiling:
+                        append((version, raw[colon + 1 :]))
+                        continue
+            try:
+                append(decode(raw, marker))
+            except CacheDataError:
+                append(None)
+        return out
+
+    async def _mget(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[bytes | None]]:
+        """The lifetime marker of each key and the raw entry: one MGET."""
         marker, *raws = await self.client.mget(MARKER, *keys)
-        return [(marker, raw) for raw in raws]
+        return [marker] * len(raws), raws
 
     async def write_many(
         self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
@@ -278,19 +310,20 @@ class AsyncRedisClusterCache(AsyncRedisCache):
     def marker(self, key: str) -> str:
         return slot_marker(key_slot(key.encode()))
 
-    async def _mget(self, keys: Sequence[str]) -> list[tuple[bytes | None, bytes | None]]:
+    async def _mget(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[bytes | None]]:
         """One MGET per slot (a key and its slot's marker share the slot), in one pipeline."""
         slots: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
             slots.setdefault(key_slot(key.encode()), []).append(i)
-        found: list[tuple[bytes | None, bytes | None]] = [(None, None)] * len(keys)
+        markers: list[bytes | None] = [None] * len(keys)
+        raws: list[bytes | None] = [None] * len(keys)
         pipe = self.client.pipeline()
         for slot, where in slots.items():
             pipe.execute_command("MGET", slot_marker(slot), *[keys[i] for i in where])
-        for where, (marker, *raws) in zip(slots.values(), await pipe.execute(), strict=True):
-            for i, raw in zip(where, raws, strict=True):
-                found[i] = (marker, raw)
-        return found
+        for where, (marker, *found) in zip(slots.values(), await pipe.execute(), strict=True):
+            for i, raw in zip(where, found, strict=True):
+                markers[i], raws[i] = marker, raw
+        return markers, raws
 
 
 def _as_error(exc: BaseException) -> CacheError:

@@ -48,57 +48,76 @@ def checked_keys(store: Store, keys: Iterable[str]) -> list[str]:
     if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
         raise InvalidKeyError(f"expected an iterable of keys, not {type(keys).__name__}")
     most = store._max_key
-    return list(dict.fromkeys([check_key(key, most) for key in keys]))
+    listed = list(keys)
+    for key in listed:  # the usual key, checked the way get's hit path checks it
+        if not (key.__class__ is str and 0 < len(key) <= most and key.isascii()):
+            listed = [check_key(key, most) for key in listed]
+            break
+    return list(dict.fromkeys(listed))
 
 
 # -- reads -------------------------------------------------------------------------
 
 
 def get_many(store: Store, keys: Iterable[str]) -> dict[str, Any]:
-    found = get_many_versioned(store, keys)
-    return {key: v.value for key, v in found.items()}
+    return _get_many(store, keys, False)
 
 
 def get_many_versioned(store: Store, keys: Iterable[str]) -> dict[str, Versioned]:
+    return _get_many(store, keys, True)
+
+
+def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, Any]:
     wanted = checked_keys(store, keys)
     if not wanted:
         return {}
     stats = store.stats
     prefix = store._prefix
-    out: dict[str, Versioned | None] = {}
+    hits: dict[str, Any] = {}  # served by the first lookup: values (or Versioned)
+    out: dict[str, Versioned | None] = {}  # the others
     through: list[str] = []  # read from the database, nothing filled
     naive: list[str] = []
     missed: list[tuple[str, Entry | None]] = []
     pending = store._pending
-    ask = [key for key in wanted if key not in pending]
-    for _ in range(len(wanted) - len(ask)):  # read-your-writes while the cache lags
-        stats.add("pending_repair_reads")
-    through += [key for key in wanted if key in pending]
-    entries = _get_entries(store, [prefix + key for key in ask]) if ask and store.breaker.allow() else None
+    ask = [key for key in wanted if key not in pending] if pending else wanted
+    for key in wanted if pending else ():
+        if key in pending:  # read-your-writes while the cache lags
+            stats.add("pending_repair_reads")
+            through.append(key)
+    floors, lo, hi, loads = store._floors, store._epoch_floor, store._epoch_ceiling, store._loads
+    entries: list[Any] | None = None
+    if ask and store.breaker.allow():
+        entries = _get_entries(store, [prefix + key for key in ask], lo, hi)
     if entries is None:
         entries = [_MISSING] * len(ask)
-    floors, lo, hi, loads = store._floors, store._epoch_floor, store._epoch_ceiling, store._loads
+    count_hit = store._hits
     for key, entry in zip(ask, entries, strict=True):
-        if entry is not _MISSING and entry is not None and entry.kind is _VALUE and lo <= entry.version < hi:
-            stats.add("hits")
-            if key in floors and store.floors.below(key, entry.version):
-                stats.add("below_floor")
-                through.append(key)
-                continue
-            try:
-                out[key] = Versioned(loads(entry.payload), entry.version)
-            except Exception:  # bytes this store could not have written: drop them, read the DB
-                stats.add("cache_data_errors")
-                store._cache_call(store.cache.delete, prefix + key)
-                through.append(key)
-            continue
-        stats.add("misses")
-        if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
-            through.append(key)
-        elif not store._versioned:
-            naive.append(key)
+        if entry.__class__ is tuple:  # a current value (get_many_hits)
+            version, payload = entry
+        elif entry is not _MISSING and entry is not None and entry.kind is _VALUE and lo <= entry.version < hi:
+            version, payload = entry.version, entry.payload
         else:
-            missed.append((key, entry))
+            stats.add("misses")
+            if entry is _MISSING:  # the cache is down: the DB answers, nothing is filled
+                through.append(key)
+            elif not store._versioned:
+                naive.append(key)
+            else:
+                missed.append((key, entry))
+            continue
+        next(count_hit)
+        if floors and key in floors and store.floors.below(key, version):
+            stats.add("below_floor")
+            through.append(key)
+            continue
+        try:
+            hits[key] = Versioned(loads(payload), version) if versioned else loads(payload)
+        except Exception:  # bytes this store could not have written: drop them, read the DB
+            stats.add("cache_data_errors")
+            store._cache_call(store.cache.delete, prefix + key)
+            through.append(key)
+    if not (missed or through or naive):
+        return hits if len(hits) == len(wanted) else {key: hits[key] for key in wanted if key in hits}
     granted: dict[str, bytes] = {}
     busy: list[str] = []
     if missed:
@@ -109,8 +128,8 @@ def get_many_versioned(store: Store, keys: Iterable[str]) -> dict[str, Versioned
     for key in naive:
         row = rows[key]
         if row.payload is not None:
-            entry = Entry.value(row.version, row.payload)
-            store._cache_call(store.cache.set, prefix + key, entry, ttl=store._ttl_for(entry))
+            filled = Entry.value(row.version, row.payload)
+            store._cache_call(store.cache.set, prefix + key, filled, ttl=store._ttl_for(filled))
     if busy:
         late = _wait_for_fills(store, busy, out)
         if late:
@@ -120,7 +139,13 @@ def get_many_versioned(store: Store, keys: Iterable[str]) -> dict[str, Versioned
     for key, row in rows.items():
         if key not in out:
             out[key] = store._versioned_row(row)
-    return {key: found for key in wanted if (found := out.get(key)) is not None}
+    result: dict[str, Any] = {}
+    for key in wanted:
+        if key in hits:
+            result[key] = hits[key]
+        elif (found := out.get(key)) is not None:
+            result[key] = found if versioned else found.value
+    return result
 
 
 def _lease_missed(
@@ -241,12 +266,18 @@ def _read_rows(store: Store, keys: list[str]) -> dict[str, Row]:
 # -- the cache, many keys at a time (key by key for a backend without batches) ------
 
 
-def _get_entries(store: Store, ckeys: list[str]) -> list[Any]:
-    """Entries (or None, or _MISSING where the cache did not answer) of ``ckeys``."""
-    many = getattr(store.cache, "get_many", None)
-    if many is None:
-        return [store._cache_call(store.cache.get, ckey) for ckey in ckeys]
-    found = store._cache_call(many, ckeys)
+def _get_entries(store: Store, ckeys: list[str], lo: int = 0, hi: int = 0) -> list[Any]:
+    """Entries (or None, or _MISSING where the cache did not answer) of ``ckeys``; with
+    ``hi``, current values may come as ``(version, payload)`` (``get_many_hits``)."""
+    cache = store.cache
+    fast = getattr(cache, "get_many_hits", None) if hi else None
+    if fast is not None:
+        found = store._cache_call(fast, ckeys, lo, hi)
+    else:
+        many = getattr(cache, "get_many", None)
+        if many is None:
+            return [store._cache_call(cache.get, ckey) for ckey in ckeys]
+        found = store._cache_call(many, ckeys)
     if found is _MISSING or found is None:
         return [found] * len(ckeys)
     return found  # type: ignore[no-any-return]

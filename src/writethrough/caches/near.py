@@ -317,6 +317,10 @@ class NearCache:
         >>> cache = NearCache(RedisCache(client), connection_factory, max_entries=10_000)
     """
 
+    # Not forwarded to the wrapped backend (``__getattr__``): batch reads go through
+    # ``get_many``, which keeps the L1's bookkeeping.
+    get_many_hits = None
+
     def __init__(
         self,
         inner: Cache,
@@ -497,6 +501,10 @@ class AsyncNearCache:
     The L1 bookkeeping is a few dict operations under a thread lock (no I/O), so it
     runs inline on the event loop; the tracking connection is a daemon thread.
     """
+
+    # Not forwarded to the wrapped backend (``__getattr__``): batch reads go through
+    # ``get_many``, which keeps the L1's bookkeeping.
+    get_many_hits = None
 
     def __init__(
         self,
