@@ -394,3 +394,20 @@ def redis_client_cache(redis_srv: Any) -> Any:
     cache = writethrough.caches.open_cache(f"{redis_srv.url}?socket_timeout=0.5")
     yield cache, f"wt:{unique_namespace()}"
     cache.close()
+
+
+def test_a_lease_held_elsewhere_is_waited_for_then_read_through(make_any_store: Any) -> None:
+    store = make_any_store(lease_wait=0.05)
+    store.put_many({"a": 1, "b": 2})
+    store.delete_many(["a", "b"])
+    store.put_many({"a": 3, "b": 4})  # over tombstones: cold again, filled by the writer
+    ckey = "wt:" + store.namespace + ":a"
+    store.cache.delete(ckey)
+    outcome, _ = store.cache.lease(ckey, b"elsewhere", lease_ttl=5.0)
+    assert outcome is LeaseOutcome.GRANTED  # another process is loading "a"
+    before = store.stats.snapshot()
+    assert store.get_many(["a", "b"]) == {"a": 3, "b": 4}
+    after = store.stats.snapshot()
+    assert after["lease_waits"] - before["lease_waits"] == 1
+    assert after["read_through"] - before["read_through"] == 1
+    assert store.cache.get(ckey).kind is Kind.LEASE  # its lease is left alone
