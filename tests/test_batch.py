@@ -411,3 +411,32 @@ def test_a_lease_held_elsewhere_is_waited_for_then_read_through(make_any_store: 
     assert after["lease_waits"] - before["lease_waits"] == 1
     assert after["read_through"] - before["read_through"] == 1
     assert store.cache.get(ckey).kind is Kind.LEASE  # its lease is left alone
+
+
+@pytest.mark.redis
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entries=st.lists(st.one_of(
+           st.none(),
+           st.builds(Entry, st.sampled_from(list(Kind)), st.sampled_from([0, 1, 9, 10, 99, 10**19, 5 * 10**19 + 3]),
+                     st.booleans(), st.sampled_from([b"", b"p", b"1:2"]))),
+           min_size=1, max_size=6),
+       floor=st.sampled_from([0, 1, 10, 10**19, 5 * 10**19]), span=st.sampled_from([1, 9, 90, 10**19]))
+def test_get_many_hits_is_get_many_within_the_epoch(redis_client_cache: Any, entries: list[Entry | None],
+                                                    floor: int, span: int) -> None:
+    """The hit path's shortcut: a fresh value within [floor, ceiling) comes back as its
+    version's digits and payload; everything else exactly as get_many returns it."""
+    cache, prefix = redis_client_cache
+    keys = [f"{prefix}:{i}" for i in range(len(entries))]
+    cache.renew(keys[0], b"-", lease_ttl=1)
+    tag = cache.client.get(MARKER)
+    cache.client.delete(*keys)
+    for key, entry in zip(keys, entries, strict=True):
+        if entry is not None:
+            cache.client.set(key, encode(entry, tag), px=60_000)
+    ceiling = floor + span
+    plain = cache.get_many(keys)
+    for entry, got, seen in zip(entries, cache.get_many_hits(keys, floor, ceiling), plain, strict=True):
+        if entry is not None and entry.kind is Kind.VALUE and entry.fresh and floor <= entry.version < ceiling:
+            assert got == (b"%d" % entry.version, entry.payload)
+        else:
+            assert got == seen

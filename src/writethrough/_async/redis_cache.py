@@ -205,7 +205,8 @@ class AsyncRedisCache:
 
     async def get_many_hits(self, keys: Sequence[str], floor: int, ceiling: int) -> list[Any]:
         """``get_many`` for the store's hit path: a value of this lifetime with
-        ``floor <= version < ceiling`` comes back as ``(version, payload)`` (no Entry made),
+        ``floor <= version < ceiling`` comes back as ``(digits, payload)`` -- the version's
+        decimal digits, compared as the Lua script compares them (no int, no Entry made) --
         anything else as ``get_many`` returns it."""
         if not keys:
             return []
@@ -214,18 +215,28 @@ class AsyncRedisCache:
                 markers, raws = await self._mget(keys)
         out: list[Any] = []
         append = out.append
+        head, value_of = b"", None  # a value as written: b"V1" + the marker, then the version
+        low, high = b"%d" % floor, b"%d" % ceiling
+        nlow, nhigh = len(low), len(high)
         for marker, raw in zip(markers, raws, strict=True):
             if raw is None:
                 append(None)
                 continue
-            if raw[0] == 86 and raw[2:_HEAD] == marker and raw[1] in (48, 49):  # V, this reign
+            if marker is not value_of:
+                value_of, head = marker, b"V1" + marker if marker is not None else b"-"
+            if raw.startswith(head):
                 colon = raw.find(b":", _HEAD)
                 digits = raw[_HEAD:colon]
-                if colon > _HEAD and digits.isdigit() and (colon == _HEAD + 1 or digits[0] != 48):
-                    version = int(digits)
-                    if floor <= version < ceiling:
-                        append((version, raw[colon + 1 :]))
-                        continue
+                size = colon - _HEAD
+                if (
+                    size > 0
+                    and digits.isdigit()
+                    and (size == 1 or digits[0] != 48)
+                    and (size > nlow or (size == nlow and digits >= low))
+                    and (size < nhigh or (size == nhigh and digits < high))
+                ):
+                    append((digits, raw[colon + 1 :]))
+                    continue
             try:
                 append(decode(raw, marker))
             except CacheDataError:
