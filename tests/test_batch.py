@@ -315,6 +315,12 @@ def test_sqlite_table_store_get_many(tmp_path: Path) -> None:
         assert store.stats.hits == 2
         with pytest.raises(ReadOnlyTableError):
             store.delete_many(["1"])
+        from writethrough.observe import instrument
+
+        observed = instrument(store, metrics=False)  # its source wrapper: batches only where the source has them
+        assert observed.get_many(["2", "3"]) == {"2": "Bo"}
+        with pytest.raises(ReadOnlyTableError):
+            observed.put_many({"1": "x"})
 
 
 # -- the protocol decisions, batch against one by one --------------------------------

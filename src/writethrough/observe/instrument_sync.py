@@ -11,6 +11,7 @@ of this code. See ``writethrough.observe.instrument``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
 _perf = time.perf_counter
+_BATCH_WRITES = ("write_many", "delete_many", "write_many_logged", "delete_many_logged")
 
 
 class _Op:
@@ -322,7 +324,14 @@ class ObservedSource:
         self._system = db_system(inner.name)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        found = getattr(self.inner, name)
+        # The batch methods, observed -- only where the source has them (the store drives
+        # a source without them key by key).
+        if name == "read_many":
+            return self._read_many
+        if name in _BATCH_WRITES:
+            return functools.partial(self._many, name)
+        return found
 
     def open(self) -> None:
         self.inner.open()
@@ -386,25 +395,13 @@ class ObservedSource:
         self._committed(op)
         return logged
 
-    def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
+    def _read_many(self, keys: Sequence[str]) -> dict[str, Row]:
         op = _CURRENT.get()
         if op is None or op.span is None:
             return self.inner.read_many(keys)  # type: ignore[attr-defined,no-any-return]
         with self._span("read_many", op):
             rows: dict[str, Row] = self.inner.read_many(keys)  # type: ignore[attr-defined]
         return rows
-
-    def write_many(self, items: Mapping[str, bytes]) -> dict[str, int]:
-        return self._many("write_many", items)  # type: ignore[no-any-return]
-
-    def delete_many(self, keys: Sequence[str]) -> dict[str, int]:
-        return self._many("delete_many", keys)  # type: ignore[no-any-return]
-
-    def write_many_logged(self, items: Mapping[str, bytes]) -> dict[str, Logged]:
-        return self._many("write_many_logged", items)  # type: ignore[no-any-return]
-
-    def delete_many_logged(self, keys: Sequence[str]) -> dict[str, Logged]:
-        return self._many("delete_many_logged", keys)  # type: ignore[no-any-return]
 
     def _many(self, name: str, items: Any) -> Any:
         if isinstance(items, Mapping):
