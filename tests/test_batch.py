@@ -446,3 +446,59 @@ def test_get_many_hits_is_get_many_within_the_epoch(redis_client_cache: Any, ent
             assert got == (b"%d" % entry.version, entry.payload)
         else:
             assert got == seen
+
+
+def test_an_ambiguous_source_failure_repairs_every_key(tmp_path: Path) -> None:
+    """The database stayed locked (SourceTimeout: the batch may or may not have committed):
+    every key gets a verifying repair, as put records one."""
+    path = tmp_path / "wt.db"
+    with writethrough.open(source=f"sqlite:///{path}?busy_timeout=0.05", cache="memory://",
+                           namespace=unique_namespace(), repair_worker=False) as store:
+        store.put_many({"a": 1, "b": 2})
+        assert store.get_many(["a", "b"]) == {"a": 1, "b": 2}
+        locker = sqlite3.connect(path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(writethrough.SourceTimeout):
+                store.put_many({"a": 10, "b": 20})
+            assert store.stats.repairs_recorded == 2
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        assert len(store.repairs.unsure) == 2  # each key's version is read back, then invalidated
+        assert store.repair_once() == 2
+        assert store.stats.source_reads >= 2
+        assert store.get_many(["a", "b"]) == {"a": 1, "b": 2}
+        out = store.put_many({"a": 3})
+        assert out["a"].cache is UPDATED and store.get_many(["a"]) == {"a": 3}
+
+
+@pytest.mark.redis
+def test_async_batches_and_single_puts_interleaved(redis_srv: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    async def run() -> None:
+        async with writethrough.open_async(source=f"sqlite:///{tmp_path}/wt.db",
+                                           cache=f"{redis_srv.url}?socket_timeout=0.5",
+                                           namespace=unique_namespace()) as store:
+            keys = [f"k{i}" for i in range(10)]
+            seen: dict[str, int] = {}
+
+            async def reader() -> None:
+                for _ in range(40):
+                    for key, v in (await store.get_many_versioned(keys)).items():
+                        assert v.version >= seen.get(key, 0)
+                        seen[key] = v.version
+
+            await asyncio.gather(
+                *(store.put_many({k: i for k in keys}) for i in range(10)),
+                *(store.put(keys[i % 10], -i) for i in range(30)),
+                *(store.delete_many(keys[:2]) for _ in range(3)),
+                reader(), reader(),
+            )
+            for key in keys:
+                row = await store.source.read(key)
+                found = (await store.get_many_versioned([key])).get(key)
+                assert (found.version if found else row.version) == row.version
+
+    asyncio.run(run())
