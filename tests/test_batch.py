@@ -502,3 +502,30 @@ def test_async_batches_and_single_puts_interleaved(redis_srv: Any, tmp_path: Pat
                 assert (found.version if found else row.version) == row.version
 
     asyncio.run(run())
+
+
+class _SingleKeyOnly:
+    """A backend without the batch methods (a third party's): the store drives it key by key."""
+
+    def __init__(self, inner: Any, methods: tuple[str, ...]) -> None:
+        self.name = inner.name
+        for method in methods:
+            setattr(self, method, getattr(inner, method))
+
+
+def test_backends_without_batches_are_driven_key_by_key(tmp_path: Path) -> None:
+    from writethrough.sources.sqlite import SQLiteSource
+
+    cache = _SingleKeyOnly(MemoryCache(), ("open", "get", "write", "lease", "fill", "renew", "set",
+                                           "delete", "close"))
+    ns = unique_namespace()
+    source = _SingleKeyOnly(SQLiteSource(str(tmp_path / "wt.db"), namespace=ns),
+                            ("open", "read", "write", "delete", "close", "epoch", "bump_epoch"))
+    with writethrough.Store(source, cache, namespace=ns) as store:  # type: ignore[arg-type]
+        out = store.put_many({"a": 1, "b": 2})
+        assert {r.cache for r in out.values()} == {UPDATED}
+        assert store.get_many(["a", "b", "c"]) == {"a": 1, "b": 2}
+        assert store.delete_many(["a"])["a"].cache is INVALIDATED
+        assert store.get_many(["a", "b"]) == {"b": 2}
+        assert store.get_many(["a", "b"]) == {"b": 2}
+        assert store.stats.source_writes == 3
