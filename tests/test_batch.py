@@ -529,3 +529,31 @@ def test_backends_without_batches_are_driven_key_by_key(tmp_path: Path) -> None:
         assert store.get_many(["a", "b"]) == {"b": 2}
         assert store.get_many(["a", "b"]) == {"b": 2}
         assert store.stats.source_writes == 3
+
+
+class _OneKeyFails(MemoryCache):
+    """Every conditional write of one key fails (a per-key error in the pipeline's answer)."""
+
+    def write_many(self, writes: Any, **kwargs: Any) -> Any:
+        from writethrough.errors import CacheServerError
+
+        answers = super().write_many([w for w in writes if not w[0].endswith(":bad")], **kwargs)
+        it = iter(answers)
+        return [CacheServerError("injected") if w[0].endswith(":bad") else next(it) for w in writes]
+
+
+def test_mixed_outcomes_through_the_batched_ladder(tmp_path: Path) -> None:
+    """Cold keys take writer leases and fill while one key's writes keep failing: the
+    failing key goes round the ladder (retries, tombstone) to a repair, the others are
+    UPDATED; the failing key is read from the database until its repair is applied."""
+    from writethrough.sources.sqlite import SQLiteSource
+
+    ns = unique_namespace()
+    source = SQLiteSource(str(tmp_path / "wt.db"), namespace=ns)
+    with writethrough.Store(source, _OneKeyFails(), namespace=ns, repair_worker=False) as store:
+        out = store.put_many({"a": 1, "bad": 2, "c": 3})
+        assert out["a"].cache is UPDATED and out["c"].cache is UPDATED
+        assert out["bad"].cache is PENDING
+        assert store.stats.cold_writes == 2 and store.stats.repairs_recorded == 1
+        assert store.get_many(["a", "bad", "c"]) == {"a": 1, "bad": 2, "c": 3}
+        assert store.stats.pending_repair_reads == 1

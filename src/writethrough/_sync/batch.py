@@ -453,7 +453,7 @@ def _ladder_many(
     while left and store.breaker.allow():
         writes = [
             (prefix + key, kind, versions[key], (items[key] or b"") if kind is _VALUE else b"",
-             tokens.get(key), store._jittered(settings.ttl))
+             tokens.get(key) if kind is _VALUE else None, store._jittered(settings.ttl))
             for key in left
         ]
         again = []
@@ -462,7 +462,7 @@ def _ladder_many(
                 again.append(key)
                 continue
             raws[key] = outcome
-            if outcome is WriteOutcome.LEASED and key in tokens:
+            if outcome is WriteOutcome.LEASED and kind is _VALUE and key in tokens:
                 cold.append(key)
                 continue
             store._settled(key, versions[key], outbox_ids.get(key, ()))
@@ -474,7 +474,7 @@ def _ladder_many(
         if attempt > settings.retry.retries:
             if kind is not _VALUE:
                 break
-            kind, tokens = _TOMBSTONE, {}  # a smaller write, as safe
+            kind = _TOMBSTONE  # a smaller write, as safe (the leases already taken stay in use)
         pause = settings.retry.backoff(attempt)
         if store.clock() + pause >= deadline:
             break
