@@ -557,3 +557,36 @@ def test_mixed_outcomes_through_the_batched_ladder(tmp_path: Path) -> None:
         assert store.stats.cold_writes == 2 and store.stats.repairs_recorded == 1
         assert store.get_many(["a", "bad", "c"]) == {"a": 1, "bad": 2, "c": 3}
         assert store.stats.pending_repair_reads == 1
+
+
+@pytest.mark.redis
+def test_a_database_gone_back_is_detected_by_a_batch_for_every_key(redis_srv: Any, tmp_path: Path) -> None:
+    """The SQLite file is copied back (a restore nobody announced): the batch's writes are
+    superseded by the lost values in the cache. The first key bumps the epoch; every key of
+    the batch is then written again in the new epoch, so another process that has not
+    learnt the epoch yet never serves a lost value over an acknowledged write."""
+    import shutil
+
+    path, backup = tmp_path / "wt.db", tmp_path / "backup.db"
+    cache = f"{redis_srv.url}?socket_timeout=0.5"
+    ns = unique_namespace("back")
+    keys = ["k1", "k2", "k3"]
+    with writethrough.open(source=f"sqlite:///{path}", cache=cache, namespace=ns) as store:
+        store.put_many(dict.fromkeys(keys, "v1"))
+    shutil.copy(path, backup)
+    with writethrough.open(source=f"sqlite:///{path}", cache=cache, namespace=ns) as store:
+        store.put_many(dict.fromkeys(keys, "v2"))
+        store.put_many(dict.fromkeys(keys, "lost"))
+        assert store.get_many(keys) == dict.fromkeys(keys, "lost")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.copy(backup, path)
+    with writethrough.open(source=f"sqlite:///{path}", cache=cache, namespace=ns,
+                           repair_worker=False, epoch_refresh=3600) as other, \
+            writethrough.open(source=f"sqlite:///{path}", cache=cache, namespace=ns) as store:
+        out = store.put_many(dict.fromkeys(keys, "new"))
+        assert store.stats.epoch_bumps_on_evidence == 1
+        assert {r.cache for r in out.values()} <= {UPDATED, INVALIDATED}
+        assert all(r.version >= store._epoch_floor > 0 for r in out.values())  # the new epoch
+        assert other.get_many(keys) == dict.fromkeys(keys, "new"), "a lost value served"
+        assert store.get_many(keys) == dict.fromkeys(keys, "new")

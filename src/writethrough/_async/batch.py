@@ -422,9 +422,10 @@ async def _write_many(store: AsyncStore, items: dict[str, bytes | None], kind: K
     results, raws = await _ladder_many(store, items, kind, versions, outbox_ids)
     for key, raw in raws.items():
         if raw in _REJECTED:  # the database may have gone back (a restore): as put checks
-            floor = store._epoch_floor
-            await store._check_went_back(key, prefix + key, versions[key])
-            if store._epoch_floor > floor:
+            if versions[key] >= store._epoch_floor:
+                await store._check_went_back(key, prefix + key, versions[key])
+            if versions[key] < store._epoch_floor:  # bumped (by this key or one before it):
+                # this write now orders after the lost ones, in the new epoch
                 version = store._epoch_floor + versions[key] % EPOCH_SPAN
                 results[key] = await store._cache_step(key, prefix + key, kind, version, items[key] or b"")
     if store._worker is None and outbox is not None and len(store._outbox_done) >= OUTBOX_BATCH:
