@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "src" / "writethrough"
 FILES = [
     ("_async/store.py", "_sync/store.py"),
+    ("_async/batch.py", "_sync/batch.py"),
     ("_async/redis_cache.py", "_sync/redis_cache.py"),
     ("_async/postgres_source.py", "_sync/postgres_source.py"),
     ("_async/table_source.py", "_sync/table_source.py"),

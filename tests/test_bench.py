@@ -52,7 +52,7 @@ def test_a_quick_run_measures_rows_and_writes_markdown_json_and_plots(
         redis_url=redis_srv.url,
         postgres_url=postgres_srv.url,
         db_latency_ms=1.0,
-        only=("redis_calls", "read_100", "put", "memory_entry", "import", "compare"),
+        only=("redis_calls", "read_100", "put_100", "put", "memory_entry", "import", "compare"),
     )
     steps: list[str] = []
     report = run_bench(config, lambda step, done, total: steps.append(step))
@@ -63,7 +63,9 @@ def test_a_quick_run_measures_rows_and_writes_markdown_json_and_plots(
     assert calls.contender("writethrough invalidate").value is not None
     many = report.row("read_100")
     get_many = many.contender("writethrough get_many")
-    assert get_many.value is not None or get_many.note == "n/a (not implemented)"
+    assert get_many.value is not None and many.contender("writethrough get loop").value is not None
+    put_many = report.row("put_100").contender("writethrough put_many")
+    assert put_many.value is not None
     keys = {row.key for row in report.rows}
     assert {"put_write_through", "put_invalidate", "put_write_through_db1ms"} <= keys
     assert "+1 ms per DB round trip" in report.row("put_invalidate_db1ms").detail

@@ -301,3 +301,24 @@ def test_a_moved_lifetime_marker_flushes_the_whole_l1() -> None:
     coherence.end("wt:a:3", coherence.begin("wt:a:3"), Entry.value(1, b"v"))
     tracker._handle([b"message", INVALIDATE_CHANNEL, None])  # FLUSHALL
     assert coherence.lookup("wt:a:3") is None
+
+
+def test_batches_through_the_near_cache(stores: Any) -> None:
+    """get_many serves the L1 first and the rest in one MGET; a batch write drops its keys
+    from the L1, so the writing process reads its own write; others' writes arrive."""
+    reader, writer = stores
+    keys = [f"many:{i}" for i in range(10)]
+    writer.put_many({k: i for i, k in enumerate(keys)})
+    for key in keys:
+        _warm(reader, key)
+    hits = reader.cache.coherence.hits
+    assert reader.get_many(keys) == {k: i for i, k in enumerate(keys)}
+    assert reader.cache.coherence.hits == hits + len(keys)  # all from the L1
+    mine = reader.put_many({keys[0]: "mine"})
+    assert reader.get_many(keys[:1]) == {keys[0]: "mine"}  # its own write, at once
+    acked = writer.put_many({k: -i for i, k in enumerate(keys)})
+    assert _wait(lambda: all(v.version >= acked[k].version  # bounded, not zero
+                             for k, v in reader.get_many_versioned(keys).items()), 2.0)
+    assert acked[keys[0]].version > mine[keys[0]].version
+    reader.delete_many(keys[:3])
+    assert reader.get_many(keys[:3]) == {}

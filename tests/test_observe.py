@@ -373,3 +373,25 @@ def test_repair_command_serves_metrics_and_stops_on_sigterm(tmp_path: Any) -> No
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "repaired 0 outbox row(s) in namespace 'jobs'" in out
+
+
+def test_batches_are_observed(
+    redis_srv: RedisServer, postgres_srv: PostgresServer,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+) -> None:
+    """A batch is one span with one DB child; outcomes are counted per key."""
+    provider, exporter = spans
+    ns = unique_namespace("obs")
+    raw = writethrough.open(source=postgres_srv.url, cache=redis_srv.url, namespace=ns)
+    with instrument(raw, tracing=True, tracer_provider=provider, metrics=False) as store:
+        out = store.put_many({"a": 1, "b": 2, "c": 3})
+        assert store.get_many(["a", "b", "c", "d"]) == {"a": 1, "b": 2, "c": 3}
+        store.delete_many(["a"])
+        assert sum(store.timings.outcomes.snapshot().values()) == 4
+        assert {r.cache.value for r in out.values()} == {"updated"}
+    finished = exporter.get_finished_spans()
+    by_id = {s.context.span_id: s for s in finished}
+    names = [s.name for s in finished]
+    assert names.count("writethrough.put_many") == 1 and names.count("writethrough.get_many") == 1
+    writes = [s for s in finished if s.name == "writethrough.db.write_many"]
+    assert len(writes) == 1 and by_id[writes[0].parent.span_id].name == "writethrough.put_many"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from ..caches.base import AsyncCache
@@ -735,3 +735,40 @@ class AsyncStore:
         if entry.kind is _VALUE:
             return self._jittered(self.settings.ttl)
         return self.settings.tombstone_ttl
+
+    # -- batches (issue 13): the logic lives in ``batch``; thin delegates here ------------
+
+    async def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values under ``keys`` that have one: ``{key: value}`` (absent keys left out).
+
+        One cache round trip for the hits; the misses take their leases together, are
+        read from the database in one statement and filled together. Each key is decided
+        exactly as :meth:`get` decides it. InvalidKeyError for any bad key, before any I/O.
+        """
+        from .batch import get_many
+
+        return await get_many(self, keys)
+
+    async def get_many_versioned(self, keys: Iterable[str]) -> dict[str, Versioned]:
+        """Like :meth:`get_many`, with the version each value was written at."""
+        from .batch import get_many_versioned
+
+        return await get_many_versioned(self, keys)
+
+    async def put_many(self, mapping: Mapping[str, Any]) -> dict[str, WriteResult]:
+        """Write every ``key: value`` in one database transaction, then keep the cache
+        current in one pipeline; the outcome of each key as :meth:`put` reports it.
+
+        Every key and value is checked first (InvalidKeyError / InvalidValueError: nothing
+        written). A SourceError means nothing was committed, or -- a lost reply -- maybe
+        everything: then each key is repaired as :meth:`put` repairs one.
+        """
+        from .batch import put_many
+
+        return await put_many(self, mapping)
+
+    async def delete_many(self, keys: Iterable[str]) -> dict[str, WriteResult]:
+        """Delete every key in one database transaction, then the cache in one pipeline."""
+        from .batch import delete_many
+
+        return await delete_many(self, keys)

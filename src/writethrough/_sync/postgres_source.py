@@ -14,7 +14,7 @@ written by hand; the sync one is generated from it by ``scripts/unasync.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, contextmanager, suppress
 from typing import Any
 
@@ -38,9 +38,12 @@ from ..sources.postgres_sql import (
     SQL_CREATE_OUTBOX,
     SQL_EPOCH,
     SQL_LOGGED,
+    SQL_LOGGED_MANY,
     SQL_READ,
+    SQL_READ_MANY,
     SQL_UNIQUE,
     SQL_UPSERT,
+    SQL_UPSERT_MANY,
     Connection,
     check_key_text,
     describe,
@@ -105,6 +108,9 @@ class PostgresSource:
         self._sql_write = sql.SQL(SQL_UPSERT).format(sql.Identifier(table))
         outbox = sql.Identifier(OUTBOX_TABLE)
         self._sql_logged = sql.SQL(SQL_LOGGED).format(sql.Identifier(table), outbox)
+        self._sql_read_many = sql.SQL(SQL_READ_MANY).format(sql.Identifier(table))
+        self._sql_write_many = sql.SQL(SQL_UPSERT_MANY).format(sql.Identifier(table))
+        self._sql_logged_many = sql.SQL(SQL_LOGGED_MANY).format(sql.Identifier(table), outbox)
         self._sql_claim = sql.SQL(SQL_CLAIM).format(outbox)
         self._sql_done = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(outbox)
         self._outbox_ready = False
@@ -157,6 +163,55 @@ class PostgresSource:
 
     def delete(self, key: str) -> int:
         return self._upsert(key, None)
+
+    # -- batches: one statement each (store.get_many / put_many / delete_many) ----------
+
+    def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
+        """The rows of ``keys`` (absent ones too), in one statement (``key = ANY(...)``)."""
+        params = {"ns": self.namespace, "keys": [check_key_text(k) for k in keys]}
+        with self._connection() as conn:
+            found = (conn.execute(self._sql_read_many, params)).fetchall()
+        epoch = int(found[0][0])  # the epoch's row is always there
+        rows = {k: Row(compose(epoch, 0), None) for k in keys}
+        for _, key, version, value in found:
+            if key is not None:
+                rows[key] = Row(compose(epoch, int(version)), None if value is None else bytes(value))
+        return rows
+
+    def write_many(self, items: Mapping[str, bytes]) -> dict[str, int]:
+        """Upsert every row in one statement and one transaction; their new versions."""
+        return {k: v for k, (v, _) in (self._upsert_many(dict(items), None)).items()}
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, int]:
+        return {k: v for k, (v, _) in (self._upsert_many(dict.fromkeys(keys), None)).items()}
+
+    def write_many_logged(self, items: Mapping[str, bytes]) -> dict[str, Logged]:
+        """``write_many`` and an outbox row per key, in the same statement."""
+        return {k: Logged(v, i) for k, (v, i) in (self._upsert_many(dict(items), "write")).items()}
+
+    def delete_many_logged(self, keys: Sequence[str]) -> dict[str, Logged]:
+        return {k: Logged(v, i) for k, (v, i) in (self._upsert_many(dict.fromkeys(keys), "delete")).items()}
+
+    def _upsert_many(self, items: dict[str, bytes | None], action: str | None) -> dict[str, tuple[int, int]]:
+        if not items:
+            return {}
+        keys = sorted(items)
+        params = {"ns": self.namespace, "keys": [check_key_text(k) for k in keys],
+                  "values": [items[k] for k in keys], "action": action}
+        out: dict[str, tuple[int, int]] = {}
+        with self._connection() as conn:
+            if action is not None:
+                self._ensure_outbox(conn)
+            with conn.transaction():  # a key at its maximum version: nothing changes
+                if action is None:
+                    found = (conn.execute(self._sql_write_many, params)).fetchall()
+                    out = {str(k): (compose(int(e), int(v)), 0) for k, v, e in found}
+                else:
+                    found = (conn.execute(self._sql_logged_many, params)).fetchall()
+                    out = {str(k): (compose(int(e), int(v)), int(i)) for k, v, i, e in found}
+                if len(out) != len(keys):
+                    raise self._at_maximum(next(k for k in keys if k not in out))
+        return out
 
     def epoch(self) -> int:
         """The namespace's database epoch (``epochs``)."""

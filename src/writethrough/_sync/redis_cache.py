@@ -24,17 +24,21 @@ The asyncio version (``_async/redis_cache.py``) is written by hand; the sync one
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
 
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
+from ..caches.base import BatchFill, BatchWrite
 from ..caches.redis_codec import (
     FIX_MANY_SCRIPT,
     FIX_SCRIPT,
     MARKER,
     NODE_SCRIPT,
     SCRIPT,
+    TAG_BYTES,
     WRITE_OUTCOMES,
     decode,
     mapped_errors,
@@ -42,10 +46,12 @@ from ..caches.redis_codec import (
     slot_marker,
 )
 from ..checks import check_count
+from ..errors import CacheDataError, CacheError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
 _HIT_OR_BUSY = (LeaseOutcome.HIT, LeaseOutcome.BUSY)
+_HEAD = 2 + TAG_BYTES  # <kind><fresh><tag>, then the version (redis_codec)
 CHECK_TIMEOUT = 0.5  # at least this long for the lifetime check's replies on connect
 REIGN_RECHECK = 0.5  # seconds between two checks of a connection's server reign
 FIX_TIMEOUT = 5.0  # seconds for the reply while a restarted cluster node's markers move
@@ -176,6 +182,129 @@ class RedisCache:
             with mapped_errors():
                 self.client.delete(key)
 
+    # -- batches: one MGET (per slot on a cluster), one pipeline of scripts --------------
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """The entries under ``keys``: one MGET with the marker (a pipeline of one MGET per
+        slot on a cluster). An entry that cannot be decoded is None (a miss: the lease or
+        write that follows replaces it)."""
+        if not keys:
+            return []
+        with self._limit:
+            with mapped_errors():
+                markers, raws = self._mget(keys)
+        out: list[Entry | None] = []
+        for marker, raw in zip(markers, raws, strict=True):
+            if raw is None:
+                out.append(None)
+                continue
+            try:
+                out.append(decode(raw, marker))
+            except CacheDataError:
+                out.append(None)
+        return out
+
+    def get_many_hits(self, keys: Sequence[str], floor: int, ceiling: int) -> list[Any]:
+        """``get_many`` for the store's hit path: a value of this lifetime with
+        ``floor <= version < ceiling`` comes back as ``(digits, payload)`` -- the version's
+        decimal digits, compared as the Lua script compares them (no int, no Entry made) --
+        anything else as ``get_many`` returns it."""
+        if not keys:
+            return []
+        with self._limit:
+            with mapped_errors():
+                markers, raws = self._mget(keys)
+        out: list[Any] = []
+        append = out.append
+        head, value_of = b"", None  # a value as written: b"V1" + the marker, then the version
+        low, high = b"%d" % floor, b"%d" % ceiling
+        nlow, nhigh = len(low), len(high)
+        for marker, raw in zip(markers, raws, strict=True):
+            if raw is None:
+                append(None)
+                continue
+            if marker is not value_of:
+                value_of, head = marker, b"V1" + marker if marker is not None else b"-"
+            if raw.startswith(head):
+                colon = raw.find(b":", _HEAD)
+                digits = raw[_HEAD:colon]
+                size = colon - _HEAD
+                if (
+                    size > 0
+                    and digits.isdigit()
+                    and (size == 1 or digits[0] != 48)
+                    and (size > nlow or (size == nlow and digits >= low))
+                    and (size < nhigh or (size == nhigh and digits < high))
+                ):
+                    append((digits, raw[colon + 1 :]))
+                    continue
+            try:
+                append(decode(raw, marker))
+            except CacheDataError:
+                append(None)
+        return out
+
+    def _mget(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[bytes | None]]:
+        """The lifetime marker of each key and the raw entry: one MGET."""
+        marker, *raws = self.client.mget(MARKER, *keys)
+        return [marker] * len(raws), raws
+
+    def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]:
+        calls = [
+            (key, ["write", floor, kind.value, version, payload, ms(ttl), ms(tombstone_ttl), token or b"",
+                   ms(lease_ttl)])
+            for key, kind, version, payload, token, ttl in writes
+        ]
+        return [r if isinstance(r, CacheError) else WRITE_OUTCOMES[r] for r in self._run_many(calls)]
+
+    def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]:
+        calls = [(key, ["lease", floor, token, ms(lease_ttl)]) for key, token in leases]
+        out: list[tuple[LeaseOutcome, Entry | None] | CacheError] = []
+        for result in self._run_many(calls):
+            if isinstance(result, CacheError):
+                out.append(result)
+                continue
+            outcome = LeaseOutcome(result[0].decode())
+            out.append((outcome, decode(result[1], result[1][2:18]) if outcome in _HIT_OR_BUSY else None))
+        return out
+
+    def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]:
+        calls = [
+            (key, ["fill", floor, token, entry.kind.value, int(entry.fresh), entry.version, entry.payload,
+                   ms(ttl)])
+            for key, token, entry, ttl in fills
+        ]
+        return [r if isinstance(r, CacheError) else bool(r) for r in self._run_many(calls)]
+
+    def _run_many(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
+        """One pipeline of EVALSHA (no MULTI: each script is atomic on its own key); the
+        scripts a server did not know (restarted, failed over) run again as EVAL. A
+        per-key error is a CacheError in its place."""
+        if not calls:
+            return []
+        sha = self._script.sha
+        with self._limit:
+            with mapped_errors():
+                pipe = self.client.pipeline(transaction=False)
+                for key, args in calls:
+                    # execute_command: redis-py refuses pipe.evalsha on a cluster, though
+                    # the command routes by its keys (one slot: the key and its marker).
+                    pipe.execute_command("EVALSHA", sha, 2, key, self.marker(key), *args)
+                results = list(pipe.execute(raise_on_error=False))
+                again = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+                if again:
+                    pipe = self.client.pipeline(transaction=False)
+                    for i in again:
+                        key, args = calls[i]
+                        pipe.execute_command("EVAL", SCRIPT, 2, key, self.marker(key), *args)
+                    for i, result in zip(again, pipe.execute(raise_on_error=False), strict=True):
+                        results[i] = result
+        return [_as_error(r) if isinstance(r, BaseException) else r for r in results]
+
     def close(self) -> None:
         self.client.close()
 
@@ -192,3 +321,28 @@ class RedisClusterCache(RedisCache):
 
     def marker(self, key: str) -> str:
         return slot_marker(key_slot(key.encode()))
+
+    def _mget(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[bytes | None]]:
+        """One MGET per slot (a key and its slot's marker share the slot), in one pipeline."""
+        slots: dict[int, list[int]] = {}
+        for i, key in enumerate(keys):
+            slots.setdefault(key_slot(key.encode()), []).append(i)
+        markers: list[bytes | None] = [None] * len(keys)
+        raws: list[bytes | None] = [None] * len(keys)
+        pipe = self.client.pipeline()
+        for slot, where in slots.items():
+            pipe.execute_command("MGET", slot_marker(slot), *[keys[i] for i in where])
+        for where, (marker, *found) in zip(slots.values(), pipe.execute(), strict=True):
+            for i, raw in zip(where, found, strict=True):
+                markers[i], raws[i] = marker, raw
+        return markers, raws
+
+
+def _as_error(exc: BaseException) -> CacheError:
+    """A per-key error of a pipeline, in the project's families (``mapped_errors``)."""
+    try:
+        with mapped_errors():
+            raise exc
+    except CacheError as err:
+        return err
+    raise AssertionError("mapped_errors maps every exception")  # pragma: no cover

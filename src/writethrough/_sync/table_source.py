@@ -13,7 +13,7 @@ The asyncio version is written by hand; ``scripts/unasync.py`` generates the syn
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, contextmanager, suppress
 from typing import Any
 
@@ -31,7 +31,15 @@ from ..sources.postgres_sql import Connection, check_key_text, describe, map_err
 from ..sources.registry import PG_EPOCH, PG_RELEASE, Claim, Verdict, cache_version
 from ..sources.rowcodec import PG_SESSION_CALLS
 from ..sources.table import Table, refuse_write
-from ..sources.table_sql import COLUMNS, RELATION, UNIQUE, read_sql, returning_sql, scan_sql
+from ..sources.table_sql import (
+    COLUMNS,
+    RELATION,
+    UNIQUE,
+    read_many_sql,
+    read_sql,
+    returning_sql,
+    scan_sql,
+)
 from .namespaces import claim_namespace, create_registry
 
 _RACE = (pg.UniqueViolation, pg.DuplicateTable, pg.DuplicateObject)
@@ -80,6 +88,7 @@ class PostgresTableSource:
         self.key_type = "text"
         self._sql_read: sql.Composed | None = None
         self._sql_scan: sql.Composed | None = None
+        self._sql_read_many: sql.Composed | None = None
         self._epochs_ready = False  # new pool connections check the server's identity
         self._pool: ConnectionPool[Connection] | None = None
 
@@ -122,6 +131,32 @@ class PostgresTableSource:
             return Row(cache_version(self.last_epoch, 0), None)
         payload = found[2].encode() if isinstance(found[2], str) else b"null"
         return Row(cache_version(self.last_epoch, int(found[1])), payload)
+
+    def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
+        """The rows of ``keys`` (absent ones too), in one statement (``unnest``)."""
+        if self._sql_read_many is None:
+            raise SourceUnavailable(f"the PostgreSQL table source {self.where} is not open")
+        if not keys:
+            return {}
+        with self._connection() as conn:
+            try:
+                cur = conn.execute(self._sql_read_many,
+                                         (self.namespace, [check_key_text(k) for k in keys]))
+            except (pg.InvalidTextRepresentation, pg.NumericValueOutOfRange):
+                raise InvalidKeyError(
+                    f"a key of {list(keys)[:5]!r}... is not a {self.key_type} "
+                    f"({self.table.name}.{self.table.key})"
+                ) from None
+            found = cur.fetchall()
+        rows: dict[str, Row] = {}
+        for epoch, key, version, payload in found:
+            self.last_epoch = int(epoch)
+            if version is None:
+                rows[key] = Row(cache_version(self.last_epoch, 0), None)
+            else:
+                data = payload.encode() if isinstance(payload, str) else b"null"
+                rows[key] = Row(cache_version(self.last_epoch, int(version)), data)
+        return rows
 
     def scan(self, after: str | None, limit: int) -> list[tuple[str, Row]]:
         """Up to ``limit`` rows with keys after ``after`` (key order): for backfill."""
@@ -207,6 +242,7 @@ class PostgresTableSource:
         self.claim_verdict = verdict
         self._sql_read = read_sql(self.table, schema, name, self.key_type, self.columns)
         self._sql_scan = scan_sql(self.table, schema, name, self.key_type, self.columns)
+        self._sql_read_many = read_many_sql(self.table, schema, name, self.key_type, self.columns)
 
     @contextmanager
     def _connection(self) -> Iterator[Connection]:

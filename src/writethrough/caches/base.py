@@ -15,9 +15,16 @@ row and ``fill``s it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..errors import CacheError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
+
+# One conditional write of a batch: key, kind, version, payload, writer-lease token, ttl.
+BatchWrite = tuple[str, Kind, int, bytes, bytes | None, float]
+# One fill of a batch: key, lease token, the loaded entry, ttl.
+BatchFill = tuple[str, bytes, Entry, float]
 
 
 class Cache(Protocol):
@@ -114,3 +121,43 @@ class AsyncCache(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class BatchCache(Protocol):
+    """Optional batch methods (``store.get_many`` / ``put_many`` / ``delete_many``).
+
+    Each item is decided exactly as its single-key method decides it (atomically per
+    key, not across keys); the answers come back item by item, in order. A per-key
+    failure is a :class:`CacheError` in its place; a failure of the whole call (the
+    connection) raises. A backend without them is driven key by key.
+    """
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        """The entries under ``keys`` (None: absent, another lifetime's, or garbage). One MGET."""
+        ...
+
+    def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]: ...
+
+    def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]: ...
+
+    def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]: ...
+
+
+class AsyncBatchCache(Protocol):
+    """The asyncio twin of :class:`BatchCache`."""
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]: ...
+
+    async def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]: ...
+
+    async def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]: ...
+
+    async def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]: ...

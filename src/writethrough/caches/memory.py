@@ -21,11 +21,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..checks import check_count
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 from ..protocol import (
     Entry,
     Kind,
@@ -38,6 +38,7 @@ from ..protocol import (
     visible,
 )
 from ..urls import ParsedURL
+from .base import BatchFill, BatchWrite
 
 # What one entry costs beyond its key and payload bytes, counted against max_bytes:
 # the OrderedDict slot and link node, the _Held object, the expiry float, the Entry
@@ -186,6 +187,30 @@ class MemoryCache:
             if key in self._data:
                 self._remove(key)
 
+    # -- batches (the store's get_many / put_many / delete_many) ----------------------
+    # Each item is decided exactly as its single-key twin decides it; the lists answer
+    # item by item, in order.
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        return [self.get(key) for key in keys]
+
+    def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]:
+        return [
+            self.write(key, kind, version, payload, ttl=ttl, tombstone_ttl=tombstone_ttl, token=token,
+                       lease_ttl=lease_ttl, floor=floor)
+            for key, kind, version, payload, token, ttl in writes
+        ]
+
+    def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]:
+        return [self.lease(key, token, lease_ttl=lease_ttl, floor=floor) for key, token in leases]
+
+    def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]:
+        return [self.fill(key, token, entry, ttl=ttl, floor=floor) for key, token, entry, ttl in fills]
+
     def evict(self, key: str) -> bool:
         """Drop ``key`` as memory pressure would (tests and the chaos tool use this)."""
         with self._lock:
@@ -314,6 +339,22 @@ class AsyncMemoryCache:
 
     async def delete(self, key: str) -> None:
         self.inner.delete(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        return self.inner.get_many(keys)
+
+    async def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]:
+        return self.inner.write_many(writes, tombstone_ttl=tombstone_ttl, lease_ttl=lease_ttl, floor=floor)
+
+    async def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]:
+        return self.inner.lease_many(leases, lease_ttl=lease_ttl, floor=floor)
+
+    async def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]:
+        return self.inner.fill_many(fills, floor=floor)
 
     async def close(self) -> None:
         self.inner.close()

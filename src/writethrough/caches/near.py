@@ -37,12 +37,12 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
-from .base import AsyncCache, Cache
+from .base import AsyncCache, BatchFill, BatchWrite, Cache
 from .memory import MemoryCache
 from .redis_codec import MARKER_PREFIX as MARKERS  # the Redis backend's lifetime markers
 
@@ -317,6 +317,10 @@ class NearCache:
         >>> cache = NearCache(RedisCache(client), connection_factory, max_entries=10_000)
     """
 
+    # Not forwarded to the wrapped backend (``__getattr__``): batch reads go through
+    # ``get_many``, which keeps the L1's bookkeeping.
+    get_many_hits = None
+
     def __init__(
         self,
         inner: Cache,
@@ -419,6 +423,73 @@ class NearCache:
         finally:
             self.coherence.invalidate(key)
 
+    # -- batches: the L1 first, the rest in one MGET; writes drop their keys before and after
+
+    def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        coherence = self.coherence
+        out: list[Entry | None] = [None] * len(keys)
+        rest = list(range(len(keys)))
+        if coherence.enabled:
+            tracker = self.tracker
+            if _monotonic() - tracker.last_drain > tracker.DRAIN_EVERY:
+                tracker.drain_nowait()  # invalidations first (see Tracker)
+            if coherence.enabled:
+                rest = []
+                for i, key in enumerate(keys):
+                    entry = self._l1_get(key)
+                    if entry is None:
+                        rest.append(i)
+                    else:
+                        coherence.hits += 1
+                        out[i] = entry
+        if not rest:
+            return out
+        wanted = [keys[i] for i in rest]
+        tokens = [coherence.begin(key) for key in wanted]
+        found: list[Entry | None] = [None] * len(wanted)
+        try:
+            found = self.inner.get_many(wanted)  # type: ignore[attr-defined]
+        finally:
+            for key, token, entry in zip(wanted, tokens, found, strict=True):
+                coherence.end(key, token, entry)
+        for i, entry in zip(rest, found, strict=True):
+            out[i] = entry
+        return out
+
+    def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]:
+        keys = [w[0] for w in writes]
+        self._drop(keys)
+        try:
+            return self.inner.write_many(  # type: ignore[attr-defined,no-any-return]
+                writes, tombstone_ttl=tombstone_ttl, lease_ttl=lease_ttl, floor=floor)
+        finally:
+            self._drop(keys)
+
+    def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]:
+        keys = [k for k, _ in leases]
+        self._drop(keys)
+        try:
+            return self.inner.lease_many(  # type: ignore[attr-defined,no-any-return]
+                leases, lease_ttl=lease_ttl, floor=floor)
+        finally:
+            self._drop(keys)
+
+    def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]:
+        keys = [f[0] for f in fills]
+        self._drop(keys)
+        try:
+            return self.inner.fill_many(fills, floor=floor)  # type: ignore[attr-defined,no-any-return]
+        finally:
+            self._drop(keys)
+
+    def _drop(self, keys: list[str]) -> None:
+        for key in keys:
+            self.coherence.invalidate(key)
+
     def close(self) -> None:
         self.tracker.stop()
         self.inner.close()
@@ -430,6 +501,10 @@ class AsyncNearCache:
     The L1 bookkeeping is a few dict operations under a thread lock (no I/O), so it
     runs inline on the event loop; the tracking connection is a daemon thread.
     """
+
+    # Not forwarded to the wrapped backend (``__getattr__``): batch reads go through
+    # ``get_many``, which keeps the L1's bookkeeping.
+    get_many_hits = None
 
     def __init__(
         self,
@@ -533,6 +608,73 @@ class AsyncNearCache:
         try:
             await self.inner.delete(key)
         finally:
+            self.coherence.invalidate(key)
+
+    # -- batches: the L1 first, the rest in one MGET; writes drop their keys before and after
+
+    async def get_many(self, keys: Sequence[str]) -> list[Entry | None]:
+        coherence = self.coherence
+        out: list[Entry | None] = [None] * len(keys)
+        rest = list(range(len(keys)))
+        if coherence.enabled:
+            tracker = self.tracker
+            if _monotonic() - tracker.last_drain > tracker.DRAIN_EVERY:
+                tracker.drain_nowait(0)  # invalidations first (see Tracker)
+            if coherence.enabled:
+                rest = []
+                for i, key in enumerate(keys):
+                    entry = self._l1_get(key)
+                    if entry is None:
+                        rest.append(i)
+                    else:
+                        coherence.hits += 1
+                        out[i] = entry
+        if not rest:
+            return out
+        wanted = [keys[i] for i in rest]
+        tokens = [coherence.begin(key) for key in wanted]
+        found: list[Entry | None] = [None] * len(wanted)
+        try:
+            found = await self.inner.get_many(wanted)  # type: ignore[attr-defined]
+        finally:
+            for key, token, entry in zip(wanted, tokens, found, strict=True):
+                coherence.end(key, token, entry)
+        for i, entry in zip(rest, found, strict=True):
+            out[i] = entry
+        return out
+
+    async def write_many(
+        self, writes: Sequence[BatchWrite], *, tombstone_ttl: float, lease_ttl: float = 2.0, floor: int = 0
+    ) -> list[WriteOutcome | CacheError]:
+        keys = [w[0] for w in writes]
+        self._drop(keys)
+        try:
+            return await self.inner.write_many(  # type: ignore[attr-defined,no-any-return]
+                writes, tombstone_ttl=tombstone_ttl, lease_ttl=lease_ttl, floor=floor)
+        finally:
+            self._drop(keys)
+
+    async def lease_many(
+        self, leases: Sequence[tuple[str, bytes]], *, lease_ttl: float, floor: int = 0
+    ) -> list[tuple[LeaseOutcome, Entry | None] | CacheError]:
+        keys = [k for k, _ in leases]
+        self._drop(keys)
+        try:
+            return await self.inner.lease_many(  # type: ignore[attr-defined,no-any-return]
+                leases, lease_ttl=lease_ttl, floor=floor)
+        finally:
+            self._drop(keys)
+
+    async def fill_many(self, fills: Sequence[BatchFill], *, floor: int = 0) -> list[bool | CacheError]:
+        keys = [f[0] for f in fills]
+        self._drop(keys)
+        try:
+            return await self.inner.fill_many(fills, floor=floor)  # type: ignore[attr-defined,no-any-return]
+        finally:
+            self._drop(keys)
+
+    def _drop(self, keys: list[str]) -> None:
+        for key in keys:
             self.coherence.invalidate(key)
 
     async def close(self) -> None:

@@ -45,6 +45,24 @@ SQL_UPSERT_ONLY = (
 )
 SQL_UPSERT = SQL_UPSERT_ONLY + ", " + EPOCH_OF
 SQL_EPOCH = "SELECT " + EPOCH_OF
+# Batches (store.get_many / put_many / delete_many): one statement each. The keys go in
+# sorted, so two batches lock their rows in the same order (no deadlock between them).
+SQL_READ_MANY = (
+    "SELECT e.epoch, t.key, t.version, t.value FROM (SELECT " + EPOCH_OF + " AS epoch) e "
+    "LEFT JOIN {} t ON t.namespace = %(ns)s AND t.key = ANY(%(keys)s::text[])"
+)
+SQL_UPSERT_MANY_ONLY = (
+    "INSERT INTO {} AS t (namespace, key, value, version) "
+    "SELECT %(ns)s, u.k, u.v, 1 FROM unnest(%(keys)s::text[], %(values)s::bytea[]) AS u(k, v) ORDER BY u.k "
+    "ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value, "
+    "version = t.version + 1 WHERE t.version < 9223372036854775807 RETURNING t.key, t.version"
+)
+SQL_UPSERT_MANY = SQL_UPSERT_MANY_ONLY + ", " + EPOCH_OF
+SQL_LOGGED_MANY = (
+    "WITH w AS (" + SQL_UPSERT_MANY_ONLY + ") INSERT INTO {} (namespace, key, version, action) "
+    "SELECT %(ns)s, w.key, w.version, %(action)s FROM w ORDER BY w.key RETURNING key, version, id, "
+    + EPOCH_OF
+)
 SQL_CREATE = (
     "CREATE TABLE IF NOT EXISTS {} (namespace text NOT NULL, key text NOT NULL, "
     "value bytea, version bigint NOT NULL, PRIMARY KEY (namespace, key))"

@@ -12,7 +12,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -140,6 +140,60 @@ class SQLiteSource:
     def delete(self, key: str) -> int:
         with self._connection() as conn:
             return self._versioned(conn.execute(self._sql_delete, (self.namespace, key, self.namespace)), key)
+
+    # -- batches: one transaction each (store.get_many / put_many / delete_many) -------
+
+    def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
+        """The rows of ``keys`` (absent ones too): ``key IN (...)``, 500 keys a statement,
+        in one read transaction."""
+        found: list[tuple[Any, ...]] = []
+        with self._connection() as conn, _transaction(conn, "BEGIN"):
+            epoch = int(conn.execute(self._sql_epoch, (self.namespace,)).fetchone()[0])
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found += conn.execute(
+                    f"SELECT key, version, value FROM {self.table} WHERE namespace = ? AND key IN ({marks})",
+                    (self.namespace, *chunk),
+                ).fetchall()
+        rows = {k: Row(compose(epoch, 0), None) for k in keys}
+        for key, version, value in found:
+            rows[key] = Row(compose(epoch, int(version)), None if value is None else bytes(value))
+        return rows
+
+    def write_many(self, items: Mapping[str, bytes]) -> dict[str, int]:
+        """Upsert every row in one transaction (sorted keys); their new versions."""
+        return {k: v for k, (v, _) in self._write_many(dict(items), None).items()}
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, int]:
+        return {k: v for k, (v, _) in self._write_many(dict.fromkeys(keys), None).items()}
+
+    def write_many_logged(self, items: Mapping[str, bytes]) -> dict[str, Logged]:
+        """``write_many`` and an outbox row per key, in the same transaction."""
+        return {k: Logged(v, i) for k, (v, i) in self._write_many(dict(items), "write").items()}
+
+    def delete_many_logged(self, keys: Sequence[str]) -> dict[str, Logged]:
+        return {k: Logged(v, i) for k, (v, i) in self._write_many(dict.fromkeys(keys), "delete").items()}
+
+    def _write_many(self, items: dict[str, bytes | None], action: str | None) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        if not items:
+            return out
+        ns = self.namespace
+        with self._connection() as conn, _transaction(conn):
+            for key in sorted(items):
+                payload = items[key]
+                if payload is None:
+                    cursor = conn.execute(self._sql_delete, (ns, key, ns))
+                else:
+                    cursor = conn.execute(self._sql_write, (ns, key, payload, ns))
+                version = self._versioned(cursor, key)
+                outbox_id = 0
+                if action is not None:
+                    row = (ns, key, split(version)[1], action, time.time())
+                    outbox_id = int(conn.execute(self._sql_log, row).fetchone()[0])
+                out[key] = (version, outbox_id)
+        return out
 
     def epoch(self) -> int:
         """The namespace's database epoch (``epochs``)."""
@@ -274,9 +328,10 @@ class SQLiteSource:
 
 
 @contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """One write transaction on an autocommit connection (BEGIN IMMEDIATE: no upgrade deadlock)."""
-    conn.execute("BEGIN IMMEDIATE")
+def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> Iterator[None]:
+    """One write transaction on an autocommit connection (BEGIN IMMEDIATE: no upgrade
+    deadlock; ``begin="BEGIN"`` for a read transaction)."""
+    conn.execute(begin)
     try:
         yield
     except BaseException:

@@ -6,6 +6,7 @@ Apart from ``sqlite.py`` so that the sync API never imports asyncio.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..urls import ParsedURL
@@ -38,6 +39,21 @@ class AsyncSQLiteSource:
 
     async def delete(self, key: str) -> int:
         return await asyncio.to_thread(self.inner.delete, key)
+
+    async def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
+        return await asyncio.to_thread(self.inner.read_many, keys)
+
+    async def write_many(self, items: Mapping[str, bytes]) -> dict[str, int]:
+        return await asyncio.to_thread(self.inner.write_many, items)
+
+    async def delete_many(self, keys: Sequence[str]) -> dict[str, int]:
+        return await asyncio.to_thread(self.inner.delete_many, keys)
+
+    async def write_many_logged(self, items: Mapping[str, bytes]) -> dict[str, Logged]:
+        return await asyncio.to_thread(self.inner.write_many_logged, items)
+
+    async def delete_many_logged(self, keys: Sequence[str]) -> dict[str, Logged]:
+        return await asyncio.to_thread(self.inner.delete_many_logged, keys)
 
     async def write_logged(self, key: str, payload: bytes) -> Logged:
         return await asyncio.to_thread(self.inner.write_logged, key, payload)

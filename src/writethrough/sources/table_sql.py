@@ -51,6 +51,22 @@ def read_sql(table: Table, schema: str, name: str, key_type: str,
              ktype=sql.SQL(key_type))
 
 
+def read_many_sql(table: Table, schema: str, name: str, key_type: str,
+                  columns: tuple[str, ...]) -> sql.Composed:
+    """``(epoch, key, version, payload)`` of many keys, one row per key given (version NULL
+    when the key has none); each key compared as ``read_sql`` compares it.
+
+    Parameters: namespace, the keys (text[]).
+    """
+    return sql.SQL(
+        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
+        "WHERE namespace IN ('', %s)), u.k, t.{ver}, {payload} FROM unnest(%s::text[]) AS u(k) "
+        "LEFT JOIN {rel} AS t ON t.{key} = CAST(u.k AS {ktype})"
+    ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
+             rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
+             ktype=sql.SQL(key_type))
+
+
 def scan_sql(table: Table, schema: str, name: str, key_type: str,
              columns: tuple[str, ...]) -> sql.Composed:
     """Rows in key order after a key (keyset pagination), for backfill.
