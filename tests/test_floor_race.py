@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import unique_namespace
 from writethrough import CacheOutcome, CacheUnavailable
 from writethrough.caches.memory import MemoryCache
@@ -33,7 +35,9 @@ def times(n: int, error: BaseException) -> Any:
     return make
 
 
-def test_a_floor_lifted_by_another_thread_still_guards_a_read_in_flight(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch", [False, True], ids=["get_versioned", "get_many_versioned"])
+def test_a_floor_lifted_by_another_thread_still_guards_a_read_in_flight(tmp_path: Path,
+                                                                       batch: bool) -> None:
     shared = MemoryCache(max_entries=None, max_bytes=None)
     path = str(tmp_path / "floor-race.db")
     ns = unique_namespace("floorrace")
@@ -55,7 +59,11 @@ def test_a_floor_lifted_by_another_thread_still_guards_a_read_in_flight(tmp_path
 
         gate = reader_cache.pause("get", after=True)  # the next GET reads v1, then is held
         seen: list[Any] = []
-        slow_reader = threading.Thread(target=lambda: seen.append(reader.get_versioned("k")))
+        def slow_read() -> None:
+            seen.append(reader.get_many_versioned(["k"]).get("k") if batch
+                        else reader.get_versioned("k"))
+
+        slow_reader = threading.Thread(target=slow_read)
         slow_reader.start()
         assert gate.wait_reached(), "the slow read never reached the cache"
         assert writer.put("k", "v3").cache is CacheOutcome.UPDATED  # the cache catches up

@@ -85,6 +85,8 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
             stats.add("pending_repair_reads")
             through.append(key)
     floors, lo, hi = store._floors, store._epoch_floor, store._epoch_ceiling
+    # The floors in force now bind this read to the end, even if another thread lifts them.
+    snap = {key: store.floors.version(key) for key in ask if key in floors} if floors else {}
     loads: Callable[[bytes], Any] = store._loads
     if type(store.serializer) is JSONSerializer:
         loads = store.serializer._loads  # orjson.loads itself: one call less per key
@@ -95,7 +97,7 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
         entries = [_MISSING] * len(ask)
     count_hit = store._hits
     looked: Iterable[tuple[str, Any]] = zip(ask, entries, strict=True)
-    if not floors and all(entry.__class__ is tuple for entry in entries):  # all current values
+    if not floors and not snap and all(entry.__class__ is tuple for entry in entries):  # all current values
         try:
             if versioned:
                 hits = {key: Versioned(loads(p), int(v)) for key, (v, p) in zip(ask, entries, strict=True)}
@@ -124,7 +126,7 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
                 missed.append((key, entry))
             continue
         next(count_hit)
-        if floors and key in floors and store.floors.below(key, version):
+        if (snap and version < snap.get(key, 0)) or (floors and key in floors and store.floors.below(key, version)):
             stats.add("below_floor")
             through.append(key)
             continue
@@ -139,7 +141,7 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
     granted: dict[str, bytes] = {}
     busy: list[str] = []
     if missed:
-        granted, busy = await _lease_missed(store, missed, out, through)
+        granted, busy = await _lease_missed(store, missed, out, through, snap)
     rows = await _load(store, granted, through + naive) if granted or through or naive else {}
     for _ in through:
         stats.add("read_through")
@@ -149,7 +151,7 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
             filled = Entry.value(row.version, row.payload)
             await store._cache_call(store.cache.set, prefix + key, filled, ttl=store._ttl_for(filled))
     if busy:
-        late = await _wait_for_fills(store, busy, out)
+        late = await _wait_for_fills(store, busy, out, snap)
         if late:
             rows.update(await _read_rows(store, late))
             for _ in late:
@@ -167,7 +169,11 @@ async def _get_many(store: AsyncStore, keys: Iterable[str], versioned: bool) -> 
 
 
 async def _lease_missed(
-    store: AsyncStore, missed: list[tuple[str, Entry | None]], out: dict[str, Versioned | None], through: list[str]
+    store: AsyncStore,
+    missed: list[tuple[str, Entry | None]],
+    out: dict[str, Versioned | None],
+    through: list[str],
+    snap: dict[str, int],
 ) -> tuple[dict[str, bytes], list[str]]:
     """Take the fill leases of the keys that missed, in one round trip: those granted
     (key -> token) and those whose lease another process holds."""
@@ -175,7 +181,7 @@ async def _lease_missed(
     leasing: list[str] = []
     for key, entry in missed:
         if entry is not None and entry.kind is _LEASE:  # this process loading it? await it
-            joined = await store._join_local_flight(key, entry.payload)
+            joined = await store._join_local_flight(key, entry.payload, snap.get(key, 0))
             if joined is not _MISSING:
                 out[key] = joined
                 continue
@@ -191,10 +197,10 @@ async def _lease_missed(
         outcome, found = answer
         if outcome is LeaseOutcome.HIT and store._current(found):
             stats.add("late_hits")
-            out[key] = await store._hit(key, found)
+            out[key] = await store._hit(key, found, snap.get(key, 0))
         elif outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = await store._join_local_flight(key, found.payload)
+                joined = await store._join_local_flight(key, found.payload, snap.get(key, 0))
                 if joined is not _MISSING:
                     out[key] = joined
                     continue
@@ -236,7 +242,9 @@ async def _load(store: AsyncStore, granted: dict[str, bytes], others: list[str])
     return rows
 
 
-async def _wait_for_fills(store: AsyncStore, busy: list[str], out: dict[str, Versioned | None]) -> list[str]:
+async def _wait_for_fills(
+    store: AsyncStore, busy: list[str], out: dict[str, Versioned | None], snap: dict[str, int]
+) -> list[str]:
     """Other processes hold these keys' leases: poll them together for the fills, as
     ``get`` polls one. Returns the keys still to read from the database."""
     prefix, stats = store._prefix, store.stats
@@ -255,7 +263,7 @@ async def _wait_for_fills(store: AsyncStore, busy: list[str], out: dict[str, Ver
                 done.append(key)
             elif store._current(entry):
                 stats.add("late_hits")
-                out[key] = await store._hit(key, entry)
+                out[key] = await store._hit(key, entry, snap.get(key, 0))
             elif entry is None or entry.kind is not _LEASE:
                 done.append(key)  # the lease ended without a value: read the DB
             else:

@@ -86,6 +86,8 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
             stats.add("pending_repair_reads")
             through.append(key)
     floors, lo, hi = store._floors, store._epoch_floor, store._epoch_ceiling
+    # The floors in force now bind this read to the end, even if another thread lifts them.
+    snap = {key: store.floors.version(key) for key in ask if key in floors} if floors else {}
     loads: Callable[[bytes], Any] = store._loads
     if type(store.serializer) is JSONSerializer:
         loads = store.serializer._loads  # orjson.loads itself: one call less per key
@@ -96,7 +98,7 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
         entries = [_MISSING] * len(ask)
     count_hit = store._hits
     looked: Iterable[tuple[str, Any]] = zip(ask, entries, strict=True)
-    if not floors and all(entry.__class__ is tuple for entry in entries):  # all current values
+    if not floors and not snap and all(entry.__class__ is tuple for entry in entries):  # all current values
         try:
             if versioned:
                 hits = {key: Versioned(loads(p), int(v)) for key, (v, p) in zip(ask, entries, strict=True)}
@@ -125,7 +127,7 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
                 missed.append((key, entry))
             continue
         next(count_hit)
-        if floors and key in floors and store.floors.below(key, version):
+        if (snap and version < snap.get(key, 0)) or (floors and key in floors and store.floors.below(key, version)):
             stats.add("below_floor")
             through.append(key)
             continue
@@ -140,7 +142,7 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
     granted: dict[str, bytes] = {}
     busy: list[str] = []
     if missed:
-        granted, busy = _lease_missed(store, missed, out, through)
+        granted, busy = _lease_missed(store, missed, out, through, snap)
     rows = _load(store, granted, through + naive) if granted or through or naive else {}
     for _ in through:
         stats.add("read_through")
@@ -150,7 +152,7 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
             filled = Entry.value(row.version, row.payload)
             store._cache_call(store.cache.set, prefix + key, filled, ttl=store._ttl_for(filled))
     if busy:
-        late = _wait_for_fills(store, busy, out)
+        late = _wait_for_fills(store, busy, out, snap)
         if late:
             rows.update(_read_rows(store, late))
             for _ in late:
@@ -168,7 +170,11 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
 
 
 def _lease_missed(
-    store: Store, missed: list[tuple[str, Entry | None]], out: dict[str, Versioned | None], through: list[str]
+    store: Store,
+    missed: list[tuple[str, Entry | None]],
+    out: dict[str, Versioned | None],
+    through: list[str],
+    snap: dict[str, int],
 ) -> tuple[dict[str, bytes], list[str]]:
     """Take the fill leases of the keys that missed, in one round trip: those granted
     (key -> token) and those whose lease another process holds."""
@@ -176,7 +182,7 @@ def _lease_missed(
     leasing: list[str] = []
     for key, entry in missed:
         if entry is not None and entry.kind is _LEASE:  # this process loading it? it
-            joined = store._join_local_flight(key, entry.payload)
+            joined = store._join_local_flight(key, entry.payload, snap.get(key, 0))
             if joined is not _MISSING:
                 out[key] = joined
                 continue
@@ -192,10 +198,10 @@ def _lease_missed(
         outcome, found = answer
         if outcome is LeaseOutcome.HIT and store._current(found):
             stats.add("late_hits")
-            out[key] = store._hit(key, found)
+            out[key] = store._hit(key, found, snap.get(key, 0))
         elif outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = store._join_local_flight(key, found.payload)
+                joined = store._join_local_flight(key, found.payload, snap.get(key, 0))
                 if joined is not _MISSING:
                     out[key] = joined
                     continue
@@ -237,7 +243,9 @@ def _load(store: Store, granted: dict[str, bytes], others: list[str]) -> dict[st
     return rows
 
 
-def _wait_for_fills(store: Store, busy: list[str], out: dict[str, Versioned | None]) -> list[str]:
+def _wait_for_fills(
+    store: Store, busy: list[str], out: dict[str, Versioned | None], snap: dict[str, int]
+) -> list[str]:
     """Other processes hold these keys' leases: poll them together for the fills, as
     ``get`` polls one. Returns the keys still to read from the database."""
     prefix, stats = store._prefix, store.stats
@@ -256,7 +264,7 @@ def _wait_for_fills(store: Store, busy: list[str], out: dict[str, Versioned | No
                 done.append(key)
             elif store._current(entry):
                 stats.add("late_hits")
-                out[key] = store._hit(key, entry)
+                out[key] = store._hit(key, entry, snap.get(key, 0))
             elif entry is None or entry.kind is not _LEASE:
                 done.append(key)  # the lease ended without a value: read the DB
             else:
