@@ -43,9 +43,10 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
 from ..sources.base import OutboxSource, Source, Row
-from .compat import Flights, RepairWorker, floor_guard, shielded, sleep
+from .compat import Flights, KeyFlight, RepairWorker, floor_guard, shielded, sleep
 
 _MISSING: Any = object()
+_UNREAD: Any = object()  # the cache was not asked yet
 _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
 FLOOR_KEYS = 10_000  # read floors kept per store before they are pushed to the cache
@@ -176,7 +177,7 @@ class Store:
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` if there is none."""
-        # The hit path, kept short: one cache lookup, one decode.
+        # The hit path, kept short: one cache lookup, one decode, no context manager.
         if (
             key.__class__ is str
             and 0 < len(key) <= self._max_key
@@ -187,8 +188,13 @@ class Store:
         ):
             try:
                 entry = self.cache.get(self._prefix + key)
-            except CacheError:
-                entry = None  # the slow path below counts and handles it
+            except CacheDataError:  # garbage under the key: a miss, counted
+                self.stats.add("cache_data_errors")
+                entry = None
+            except CacheError:  # counted here; the lookup below reads the DB
+                self.stats.add("cache_read_failures")
+                self.breaker.failure()
+                entry = _MISSING
             else:
                 if (
                     entry is not None
@@ -197,21 +203,37 @@ class Store:
                 ):
                     try:
                         value = self._loads(entry.payload)
-                    except Exception:  # a garbage payload: the slow path drops it
+                    except Exception:  # a garbage payload: the lookup below drops it
                         pass
                     else:
                         next(self._hits)
                         return value
-        found = self.get_versioned(key)
+            found = self._lookup(key, entry)
+        else:
+            found = self._lookup(key, _UNREAD, lease_first=True)
         return default if found is None else found.value
 
     def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
+        return self._lookup(key, _UNREAD)
+
+    def _lookup(self, key: str, entry: Any, lease_first: bool = False) -> Versioned | None:
+        """``get`` past its hit path; ``entry`` is what the cache answered there
+        (``_MISSING``: it failed), or ``_UNREAD`` when it was not asked yet.
+        ``lease_first``: a key read from the DB lately is looked up with its lease."""
         ckey = self._cache_key(key)
         if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
             return self._read_source(key)
-        entry = self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
+        if entry is _UNREAD:
+            if not self.breaker.allow():
+                entry = _MISSING
+            elif lease_first and self._versioned and key in self._floors:
+                # Read from the DB lately, so most likely a miss: ask for the lease at once
+                # (the lease script answers with the value if there is one).
+                return self._miss(key, ckey, None, looked=False)
+            else:
+                entry = self._cache_call(self.cache.get, ckey)
         if entry is not _MISSING and self._current(entry):
             self.stats.add("hits")
             return self._hit(key, entry)
@@ -220,11 +242,35 @@ class Store:
             return self._read_source(key)
         if not self._versioned:
             return self._naive_fill(key, ckey)
+        return self._miss(key, ckey, entry)
+
+    def _miss(self, key: str, ckey: str, entry: Entry | None, looked: bool = True) -> Versioned | None:
+        """No current value in the cache (``entry``: what it held, if it was asked).
+
+        One lookup per key per process: the first reader of a key leads a local flight
+        (registered before its lease round trip), later ones wait for it, bounded by
+        ``lease_ttl``, without polling. A follower takes the leader's result only if it
+        came from a look at the cache or the DB that began after the follower arrived
+        (so no write acknowledged before the follower's read is missed); a follower that
+        comes once the leader's DB read has begun meets its lease in the cache instead.
+        """
         if entry is not None and entry.kind is _LEASE:
             joined = self._join_local_flight(key, entry.payload)
             if joined is not _MISSING:
                 return joined  # type: ignore[no-any-return]
-        return self._leased_fill(key, ckey)
+        found = self.flights.join(key)
+        if found is None:
+            return self._leased_fill(key, ckey, self.flights.start(key), looked)
+        flight, seen = found
+        result = self.flights.wait(flight, self.settings.lease_ttl)
+        if result is not None and result[0] > seen:
+            self.stats.add("flight_joins")
+            if not looked:
+                self.stats.add("misses")
+            if result[1] < self.floors.version(key):
+                return self._read_source(key)
+            return result[2]  # type: ignore[no-any-return]
+        return self._leased_fill(key, ckey, None, looked)  # alone: no flight again
 
     def _current(self, entry: Entry | None) -> bool:
         """A value of the database epoch this process knows (older ones are misses)."""
@@ -255,7 +301,7 @@ class Store:
         Safe: the lease is still in the cache, so no write was acknowledged since
         it was taken, and the holder reads the DB after taking it.
         """
-        joined, row = self.flights.follow(token, self.settings.lease_wait)
+        joined, row = self.flights.follow(token, self.settings.lease_ttl)
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
@@ -263,37 +309,68 @@ class Store:
             return self._read_source(key)
         return self._versioned_row(row)
 
-    def _leased_fill(self, key: str, ckey: str) -> Versioned | None:
+    def _leased_fill(
+        self, key: str, ckey: str, flight: KeyFlight | None = None, looked: bool = True
+    ) -> Versioned | None:
+        """Take the key's lease, load the row and fill it (or meet the value, or wait for
+        another holder's fill); delivers the result to ``flight``'s followers."""
         token = os.urandom(8)
+        # Registered before the round trip: a local reader that meets this lease in the
+        # cache waits for this load instead of polling.
+        self.flights.lead(token)
+        result: tuple[int, int, Versioned | None] | None = None
+        try:
+            result = self._lease_and_load(key, ckey, token, flight, looked)
+        finally:
+            self.flights.fail(token)  # nothing if the load finished it
+            if flight is not None:
+                self.flights.end(flight, result)
+        assert result is not None
+        return result[2]
+
+    def _lease_and_load(
+        self, key: str, ckey: str, token: bytes, flight: KeyFlight | None, looked: bool
+    ) -> tuple[int, int, Versioned | None]:
+        """(number of the look it came from, its version, the result)."""
+        seen = self._observe(flight)
         leased = self._cache_call(
             self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
         )
+        if leased is not _MISSING:
+            outcome, found = leased
+            if outcome is LeaseOutcome.HIT and self._current(found):
+                self.stats.add("late_hits" if looked else "hits")
+                hit = self._hit(key, found)
+                return seen, found.version if hit is None else hit.version, hit
+        if not looked:
+            self.stats.add("misses")
         if leased is _MISSING:
-            return self._read_source(key)
-        outcome, found = leased
-        if outcome is LeaseOutcome.HIT and self._current(found):
-            self.stats.add("late_hits")
-            return self._hit(key, found)
+            return self._from_source(key, flight)
         if outcome is LeaseOutcome.BUSY:
             if found is not None:
                 joined = self._join_local_flight(key, found.payload)
                 if joined is not _MISSING:
-                    return joined  # type: ignore[no-any-return]
-            waited = self._wait_for_fill(key, ckey)
+                    return seen, 0 if joined is None else joined.version, joined
+            waited = self._wait_for_fill(key, ckey, flight)
             if waited is not None:
                 return waited
-            return self._read_source(key)
+            return self._from_source(key, flight)
         if outcome is not LeaseOutcome.GRANTED:  # a value of a newer epoch: read the DB
-            return self._read_source(key)
-        self.flights.lead(token)
-        try:
-            row, stored = self._load_and_fill(key, ckey, token)
-        except BaseException:
-            self.flights.fail(token)
-            raise
+            return self._from_source(key, flight)
+        seen = self._observe(flight, last=True)
+        row, stored = self._load_and_fill(key, ckey, token)
         self.flights.finish(token, row)
         self.stats.add("fills" if stored else "fills_dropped")
-        return self._versioned_row(row)
+        return seen, row.version, self._versioned_row(row)
+
+    def _observe(self, flight: KeyFlight | None, last: bool = False) -> int:
+        return 0 if flight is None else self.flights.observe(flight, last)
+
+    def _from_source(self, key: str, flight: KeyFlight | None) -> tuple[int, int, Versioned | None]:
+        seen = self._observe(flight, last=True)
+        self.stats.add("read_through")
+        row = self._read_source_row(key)
+        return seen, row.version, self._versioned_row(row)
 
     def _load_and_fill(self, key: str, ckey: str, token: bytes) -> tuple[Row, bool]:
         """Holding the lease ``token``: read the row (renewing the lease while the DB is
@@ -310,7 +387,9 @@ class Store:
         )
         return row, stored is True
 
-    def _wait_for_fill(self, key: str, ckey: str) -> Versioned | None:
+    def _wait_for_fill(
+        self, key: str, ckey: str, flight: KeyFlight | None = None
+    ) -> tuple[int, int, Versioned | None] | None:
         """Another process holds the lease: poll briefly for its fill."""
         self.stats.add("lease_waits")
         deadline = self.clock() + self.settings.lease_wait
@@ -318,12 +397,14 @@ class Store:
         while self.clock() < deadline:
             self.sleep(min(pause, max(0.0, deadline - self.clock())))
             pause = min(pause * 2, 0.016)
+            seen = self._observe(flight)
             entry = self._cache_call(self.cache.get, ckey)
             if entry is _MISSING:
                 return None
             if self._current(entry):
                 self.stats.add("late_hits")
-                return self._hit(key, entry)
+                hit = self._hit(key, entry)
+                return seen, entry.version if hit is None else hit.version, hit
             if entry is None or entry.kind is not _LEASE:
                 return None  # the lease ended without a value: read the DB
         return None
