@@ -100,6 +100,8 @@ class AsyncStore:
         self.floors = ReadFloors(FLOOR_KEYS, keep_for, clock, floor_guard())
         self._floors = self.floors.floors  # read on the hot path
         self._hits = self.stats.counters["hits"]
+        self._hit_cache: Any = None
+        self._get_hit: Any = None
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
         self._random = random.Random()
@@ -185,8 +187,13 @@ class AsyncStore:
             and key not in self._floors
             and self.breaker.closed
         ):
+            cache = self.cache
+            get_hit = self._get_hit if cache is self._hit_cache else self._hit_method(cache)
             try:
-                entry = await self.cache.get(self._prefix + key)
+                if get_hit is not None:  # the payload of a current value, else the entry
+                    entry = await get_hit(self._prefix + key, self._epoch_floor, self._epoch_ceiling)
+                else:
+                    entry = await cache.get(self._prefix + key)
             except CacheDataError:  # garbage under the key: a miss, counted
                 self.stats.add("cache_data_errors")
                 entry = None
@@ -195,7 +202,15 @@ class AsyncStore:
                 self.breaker.failure()
                 entry = _MISSING
             else:
-                if (
+                if entry.__class__ is bytes:
+                    try:
+                        value = self._loads(entry)
+                    except Exception:  # a garbage payload: the lookup below drops it
+                        entry = _UNREAD
+                    else:
+                        next(self._hits)
+                        return value
+                elif (
                     entry is not None
                     and entry.kind is _VALUE
                     and self._epoch_floor <= entry.version < self._epoch_ceiling
@@ -211,6 +226,12 @@ class AsyncStore:
         else:
             found = await self._lookup(key, _UNREAD, lease_first=True)
         return default if found is None else found.value
+
+    def _hit_method(self, cache: AsyncCache) -> Any:
+        """The cache's ``get_hit`` (payloads of current values without an Entry), if any;
+        looked up again when ``store.cache`` is replaced (instrumented, wrapped)."""
+        self._hit_cache, self._get_hit = cache, getattr(cache, "get_hit", None)
+        return self._get_hit
 
     async def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
