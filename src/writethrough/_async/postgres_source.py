@@ -149,9 +149,12 @@ class AsyncPostgresSource:
         pool = self._pool
         if pool is None:
             raise self._not_open()
-        try:  # no context manager of ours on the hot path
-            async with pool.connection() as conn:
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = await pool.getconn()
+            try:
                 found = await (await conn.execute(self._sql_read, params)).fetchone()
+            finally:
+                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         assert found is not None  # the epoch's row is always there
@@ -249,9 +252,12 @@ class AsyncPostgresSource:
         pool = self._pool
         if pool is None:
             raise self._not_open()
-        try:  # no context manager of ours on the hot path
-            async with pool.connection() as conn:
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = await pool.getconn()
+            try:
                 found = await (await conn.execute(self._sql_write, params)).fetchone()
+            finally:
+                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         if found is None:

@@ -150,9 +150,12 @@ class PostgresSource:
         pool = self._pool
         if pool is None:
             raise self._not_open()
-        try:  # no context manager of ours on the hot path
-            with pool.connection() as conn:
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = pool.getconn()
+            try:
                 found = (conn.execute(self._sql_read, params)).fetchone()
+            finally:
+                pool.putconn(conn)  # a broken connection is replaced, as after connection()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         assert found is not None  # the epoch's row is always there
@@ -250,9 +253,12 @@ class PostgresSource:
         pool = self._pool
         if pool is None:
             raise self._not_open()
-        try:  # no context manager of ours on the hot path
-            with pool.connection() as conn:
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = pool.getconn()
+            try:
                 found = (conn.execute(self._sql_write, params)).fetchone()
+            finally:
+                pool.putconn(conn)  # a broken connection is replaced, as after connection()
         except psycopg.Error as exc:
             raise self._failed(exc) from exc
         if found is None:

@@ -209,7 +209,10 @@ OPTIONS: dict[str, Callable[[Any], Any]] = {
 TLS_ONLY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 DEFAULTS: dict[str, Any] = {
     "socket_timeout": 0.05,
-    "socket_connect_timeout": 0.05,
+    # A new connection also runs the reign check (one round trip): 50 ms failed whole
+    # cold pools under 64 tasks on a loaded host. A down server refuses at once; only
+    # an unreachable one costs this, once, before the breaker opens.
+    "socket_connect_timeout": 1.0,
     "max_connections": 64,
     "pool_timeout": 1.0,
 }
