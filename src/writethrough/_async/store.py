@@ -101,6 +101,7 @@ class AsyncStore:
         self._floors = self.floors.floors  # read on the hot path
         self._hits = self.stats.counters["hits"]
         self._hit_cache: Any = None
+        self._invalidated: dict[str, bool] = {}  # keys this process just invalidated
         self._get_hit: Any = None
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
@@ -185,6 +186,7 @@ class AsyncStore:
             and key.isascii()
             and key not in self._pending
             and key not in self._floors
+            and key not in self._invalidated
             and self.breaker.closed
         ):
             cache = self.cache
@@ -224,13 +226,18 @@ class AsyncStore:
                         return value
             found = await self._lookup(key, entry)
         else:
-            found = await self._lookup(key, _UNREAD, lease_first=True)
+            # A key this process just invalidated is most likely a miss: its lease is its lookup.
+            lease_first = key.__class__ is str and self._invalidated.pop(key, None) is not None
+            found = await self._lookup(key, _UNREAD, lease_first)
         return default if found is None else found.value
 
     def _hit_method(self, cache: AsyncCache) -> Any:
         """The cache's ``get_hit`` (payloads of current values without an Entry), if any;
         looked up again when ``store.cache`` is replaced (instrumented, wrapped)."""
-        self._hit_cache, self._get_hit = cache, getattr(cache, "get_hit", None)
+        # On the class: a wrapper's __getattr__ (near cache, instrumentation) would hand out
+        # the inner cache's method and skip the wrapper.
+        found = getattr(type(cache), "get_hit", None)
+        self._hit_cache, self._get_hit = cache, None if found is None else cache.get_hit  # type: ignore[attr-defined]
         return self._get_hit
 
     async def get_versioned(self, key: str) -> Versioned | None:
@@ -240,7 +247,8 @@ class AsyncStore:
     async def _lookup(self, key: str, entry: Any, lease_first: bool = False) -> Versioned | None:
         """``get`` past its hit path; ``entry`` is what the cache answered there
         (``_MISSING``: it failed), or ``_UNREAD`` when it was not asked yet.
-        ``lease_first``: a key read from the DB lately is looked up with its lease."""
+        ``lease_first``: look the key up with its lease (the script answers with the value
+        if there is one): one round trip, not a GET and then the lease."""
         ckey = self._cache_key(key)
         if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
@@ -248,9 +256,7 @@ class AsyncStore:
         if entry is _UNREAD:
             if not self.breaker.allow():
                 entry = _MISSING
-            elif lease_first and self._versioned and key in self._floors:
-                # Read from the DB lately, so most likely a miss: ask for the lease at once
-                # (the lease script answers with the value if there is one).
+            elif lease_first and self._versioned:
                 return await self._miss(key, ckey, None, looked=False)
             else:
                 entry = await self._cache_call(self.cache.get, ckey)
@@ -555,6 +561,10 @@ class AsyncStore:
         if not self._versioned:
             return WriteResult(key, version, await self._naive_write(ckey, kind, version, data)), None
         outcome, raw = await self._ladder(key, ckey, kind, version, data, outbox_ids)
+        if outcome is CacheOutcome.INVALIDATED:  # the next get asks for the lease at once
+            if len(self._invalidated) >= FLOOR_KEYS:
+                self._invalidated.clear()  # a hint only
+            self._invalidated[key] = True
         return WriteResult(key, version, outcome), raw
 
     async def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:
