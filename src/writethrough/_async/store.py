@@ -102,6 +102,7 @@ class AsyncStore:
         self._hits = self.stats.counters["hits"]
         self._hit_cache: Any = None
         self._invalidated: dict[str, bool] = {}  # keys this process just invalidated
+        self._flying = self.flights.keys  # keys a local reader is looking up
         self._get_hit: Any = None
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
@@ -187,6 +188,7 @@ class AsyncStore:
             and key not in self._pending
             and key not in self._floors
             and key not in self._invalidated
+            and key not in self._flying
             and self.breaker.closed
         ):
             cache = self.cache
@@ -226,8 +228,10 @@ class AsyncStore:
                         return value
             found = await self._lookup(key, entry)
         else:
-            # A key this process just invalidated is most likely a miss: its lease is its lookup.
-            lease_first = key.__class__ is str and self._invalidated.pop(key, None) is not None
+            # A key this process just invalidated is most likely a miss: its lease is its
+            # lookup. A key another reader here is looking up: wait for that lookup.
+            lease_first = key.__class__ is str and (
+                self._invalidated.pop(key, None) is not None or key in self._flying)
             found = await self._lookup(key, _UNREAD, lease_first)
         return default if found is None else found.value
 

@@ -61,11 +61,11 @@ class Flights:
 
     def __init__(self) -> None:
         self._futures: dict[bytes, _Result] = {}
-        self._keys: dict[str, KeyFlight] = {}
+        self.keys: dict[str, KeyFlight] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._futures) + len(self._keys)
+        return len(self._futures) + len(self.keys)
 
     def lead(self, token: bytes) -> None:
         with self._lock:
@@ -95,15 +95,15 @@ class Flights:
     def start(self, key: str) -> KeyFlight | None:
         """Become the local leader of ``key``'s lookup; None if there is one already."""
         with self._lock:
-            if key in self._keys:
+            if key in self.keys:
                 return None
-            flight = self._keys[key] = KeyFlight(key)
+            flight = self.keys[key] = KeyFlight(key)
         return flight
 
     def join(self, key: str) -> tuple[KeyFlight, int] | None:
         """The open flight of ``key`` and the observation count at joining, or None."""
         with self._lock:
-            flight = self._keys.get(key)
+            flight = self.keys.get(key)
             if flight is None or not flight.open:
                 return None
             return flight, flight.seen
@@ -120,8 +120,8 @@ class Flights:
     def end(self, flight: KeyFlight, result: Any) -> None:
         """Deliver ``result`` (None: failed) and close the flight."""
         with self._lock:
-            if self._keys.get(flight.key) is flight:
-                del self._keys[flight.key]
+            if self.keys.get(flight.key) is flight:
+                del self.keys[flight.key]
             flight.open = False
         flight.future.set_result(result)
 
