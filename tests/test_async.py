@@ -300,3 +300,65 @@ def test_the_checker_on_the_async_store_under_faults(cache_url: str, protocol: s
     # The naive run is printed for contrast only: whether its races bite in a run this
     # short depends on timing (they are shown deterministically in test_races and by
     # the explorer).
+
+
+def test_a_reader_that_comes_after_an_acknowledged_write_never_takes_the_local_flights_older_answer(
+    tmp_path: Path,
+) -> None:
+    """Local followers wait for the first reader's lookup of the key (no cache call of their
+    own), but take its answer only from a look that began after they came: here the leader's
+    lease round trip met v1, a write of v2 was acknowledged before its reply arrived, and a
+    reader that began after that acknowledgement must read v2."""
+    from writethrough._async.store import AsyncStore
+    from writethrough.core import Settings
+    from writethrough.sources import open_async_source
+
+    class LeaseGated(AsyncMemoryCache):
+        def __init__(self, shared: MemoryCache) -> None:
+            super().__init__(shared)
+            self.armed = False
+            self.reached, self.go = asyncio.Event(), asyncio.Event()
+            self.applied, self.reply = asyncio.Event(), asyncio.Event()
+
+        async def lease(self, *args: Any, **kwargs: Any) -> Any:
+            if not self.armed:
+                return await super().lease(*args, **kwargs)
+            self.armed = False
+            self.reached.set()
+            await self.go.wait()
+            found = await super().lease(*args, **kwargs)
+            self.applied.set()
+            await self.reply.wait()  # applied on the server, the reply still on its way
+            return found
+
+    async def main() -> None:
+        shared = MemoryCache()
+        url = f"sqlite:///{tmp_path}/f.db"
+        gated = LeaseGated(shared)
+
+        def store(cache: Any, strategy: str) -> AsyncStore:
+            return AsyncStore(open_async_source(url, namespace="f"), cache, namespace="f",
+                              settings=Settings(strategy=strategy), repair_worker=False)  # type: ignore[arg-type]
+
+        reader, writer, other = store(gated, "invalidate"), store(AsyncMemoryCache(shared), "invalidate"), \
+            store(AsyncMemoryCache(shared), "invalidate")
+        for s in (reader, writer, other):
+            await s.open()
+        await writer.put("k", 1)  # a tombstone: the next read fills
+        gated.armed = True
+        leader = asyncio.create_task(reader.get("k"))
+        await gated.reached.wait()  # the leader missed and is about to take the lease
+        assert await other.get("k") == 1  # another process fills v1 meanwhile
+        gated.go.set()
+        await gated.applied.wait()  # the leader's lease met v1 (a hit), its reply is late
+        assert (await writer.put("k", 2)).cache is CacheOutcome.INVALIDATED
+        follower = asyncio.create_task(reader.get("k"))  # begins after the acknowledgement
+        await asyncio.sleep(0.01)
+        gated.reply.set()
+        assert await leader == 1  # began before the write: either answer is right
+        assert await follower == 2, "a read that began after the acknowledged write got v1"
+        assert len(reader.flights) == 0
+        for s in (reader, writer, other):
+            await s.close()
+
+    asyncio.run(main())

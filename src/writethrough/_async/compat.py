@@ -44,9 +44,10 @@ class Flights:
 
     def __init__(self) -> None:
         self._futures: dict[bytes, asyncio.Future[Any]] = {}
+        self.keys: dict[str, KeyFlight] = {}
 
     def __len__(self) -> int:
-        return len(self._futures)
+        return len(self._futures) + len(self.keys)
 
     def lead(self, token: bytes) -> None:
         self._futures[token] = asyncio.get_running_loop().create_future()
@@ -67,11 +68,60 @@ class Flights:
         future = self._futures.get(token)
         if future is None:
             return False, None
-        try:
-            # shield: a cancelled follower must not cancel the leader's future.
-            return True, await asyncio.wait_for(asyncio.shield(future), timeout)
-        except (LeaderGone, TimeoutError):
-            return False, None
+        return await _wait(future, timeout)
+
+    # -- by key: readers of one key that have not looked it up yet --------------------
+
+    def start(self, key: str) -> KeyFlight | None:
+        """Become the local leader of ``key``'s lookup; None if there is one already."""
+        if key in self.keys:
+            return None
+        flight = self.keys[key] = KeyFlight(key, asyncio.get_running_loop().create_future())
+        return flight
+
+    def join(self, key: str) -> tuple[KeyFlight, int] | None:
+        """The open flight of ``key`` and the observation count at joining, or None."""
+        flight = self.keys.get(key)
+        if flight is None or not flight.open:
+            return None
+        return flight, flight.seen
+
+    def observe(self, flight: KeyFlight, last: bool = False) -> int:
+        """The leader is about to look at the cache or the DB: the number of that look.
+        ``last``: its result is the flight's (a DB read); nobody joins after it starts."""
+        flight.seen += 1
+        if last:
+            flight.open = False
+        return flight.seen
+
+    def end(self, flight: KeyFlight, result: Any) -> None:
+        """Deliver ``result`` (None: failed) and close the flight."""
+        if self.keys.get(flight.key) is flight:
+            del self.keys[flight.key]
+        flight.open = False
+        if not flight.future.done():
+            flight.future.set_result(result)
+
+    async def wait(self, flight: KeyFlight, timeout: float) -> Any:
+        """The leader's result, or None (failed, or not within ``timeout``)."""
+        return (await _wait(flight.future, timeout))[1]
+
+
+class KeyFlight:
+    """One local lookup of a key that other readers of the key wait for."""
+
+    __slots__ = ("future", "key", "open", "seen")
+
+    def __init__(self, key: str, future: asyncio.Future[Any]) -> None:
+        self.key, self.future, self.open, self.seen = key, future, True, 0
+
+
+async def _wait(future: asyncio.Future[Any], timeout: float) -> tuple[bool, Any]:
+    try:
+        # shield: a cancelled follower must not cancel the leader's future.
+        return True, await asyncio.wait_for(asyncio.shield(future), timeout)
+    except (LeaderGone, TimeoutError):
+        return False, None
 
 
 class RepairWorker:

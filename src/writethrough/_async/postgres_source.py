@@ -103,8 +103,10 @@ class AsyncPostgresSource:
         self.pool_min, self.pool_max = pool_min, pool_max
         self.connect_timeout = connect_timeout
         self.statement_timeout_ms = statement_timeout_ms
-        self._sql_read = sql.SQL(SQL_READ).format(sql.Identifier(table))
-        self._sql_write = sql.SQL(SQL_UPSERT).format(sql.Identifier(table))
+        # Rendered to plain strings once connected (``_render``): a Composed is rendered
+        # again on every execute.
+        self._sql_read: sql.Composed | str = sql.SQL(SQL_READ).format(sql.Identifier(table))
+        self._sql_write: sql.Composed | str = sql.SQL(SQL_UPSERT).format(sql.Identifier(table))
         outbox = sql.Identifier(OUTBOX_TABLE)
         self._sql_logged = sql.SQL(SQL_LOGGED).format(sql.Identifier(table), outbox)
         self._sql_read_many = sql.SQL(SQL_READ_MANY).format(sql.Identifier(table))
@@ -127,6 +129,7 @@ class AsyncPostgresSource:
             async with await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
                 await self._configure(conn)
                 await self._create_or_adopt(conn)
+                self._render(conn)
         # autocommit: each statement is its own transaction. timeout: the longest wait
         # for a free connection (a server that is down must not cost more than connecting).
         pool: AsyncConnectionPool[AsyncConnection] = AsyncConnectionPool(
@@ -149,8 +152,17 @@ class AsyncPostgresSource:
 
     async def read(self, key: str) -> Row:
         params = {"ns": self.namespace, "key": check_key_text(key)}
-        async with self._connection() as conn:
-            found = await (await conn.execute(self._sql_read, params)).fetchone()
+        pool = self._pool
+        if pool is None:
+            raise self._not_open()
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = await pool.getconn()
+            try:
+                found = await (await conn.execute(self._sql_read, params)).fetchone()
+            finally:
+                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
         assert found is not None  # the epoch's row is always there
         epoch, version, value = found
         if version is None:
@@ -292,8 +304,17 @@ class AsyncPostgresSource:
 
     async def _upsert(self, key: str, payload: bytes | None) -> int:
         params = {"ns": self.namespace, "key": check_key_text(key), "value": payload}
-        async with self._connection() as conn:
-            found = await (await conn.execute(self._sql_write, params)).fetchone()
+        pool = self._pool
+        if pool is None:
+            raise self._not_open()
+        try:  # no context manager on the hot path (autocommit: nothing to commit)
+            conn = await pool.getconn()
+            try:
+                found = await (await conn.execute(self._sql_write, params)).fetchone()
+            finally:
+                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
         if found is None:
             raise self._at_maximum(key)
         return compose(int(found[1]), int(found[0]))
@@ -304,10 +325,27 @@ class AsyncPostgresSource:
             "(2**63 - 1): it cannot be written again"
         )
 
+    def _render(self, conn: AsyncConnection) -> None:
+        """The hot statements as strings, rendered once with the server's quoting rules."""
+        if not isinstance(self._sql_read, str):
+            self._sql_read = self._sql_read.as_string(conn)
+        if not isinstance(self._sql_write, str):
+            self._sql_write = self._sql_write.as_string(conn)
+
+    def _not_open(self) -> SourceUnavailable:
+        return SourceUnavailable(f"the PostgreSQL source {self.where} is not open")
+
+    def _failed(self, exc: psycopg.Error) -> SourceError:
+        """``_connection``'s error mapping, for the hot paths that do without it."""
+        error = map_error(exc, self.where, self._password)
+        if isinstance(error, SourceUnavailable):
+            self._check_idle_connections()
+        return error
+
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         if self._pool is None:
-            raise SourceUnavailable(f"the PostgreSQL source {self.where} is not open")
+            raise self._not_open()
         try:
             with self._boundary():
                 async with self._pool.connection() as conn:

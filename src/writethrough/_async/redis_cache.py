@@ -40,12 +40,14 @@ from ..caches.redis_codec import (
     TAG_BYTES,
     WRITE_OUTCOMES,
     decode,
+    mapped,
     mapped_errors,
     ms,
+    payload_if_current,
     slot_marker,
 )
 from ..checks import check_count
-from ..errors import CacheDataError, CacheError
+from ..errors import CacheDataError, CacheError, WritethroughError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
@@ -124,6 +126,7 @@ class AsyncRedisCache:
         # The cluster clients fail (rather than wait) when a node's pool is full:
         # bound the calls in flight so bursts wait their turn instead.
         self._limit: Any = nullcontext() if max_concurrency is None else Semaphore(max_concurrency)
+        self._bounded = max_concurrency is not None
 
     def marker(self, key: str) -> str:
         """The lifetime marker for ``key`` (one per server; one per slot on a cluster)."""
@@ -133,10 +136,32 @@ class AsyncRedisCache:
         """Connections are made on first use."""
 
     async def get(self, key: str) -> Entry | None:
-        async with self._limit:
-            with mapped_errors():
-                marker, raw = await self.client.mget(self.marker(key), key)
+        marker, raw = await self._get_raw(key)
         return None if raw is None else decode(raw, marker)
+
+    async def get_hit(self, key: str, floor: int, ceiling: int) -> bytes | Entry | None:
+        """``get`` for the store's hit path: the payload (bytes, no Entry made) of a value
+        of this lifetime with ``floor <= version < ceiling``; anything else as ``get``."""
+        marker, raw = await self._get_raw(key)
+        if raw is None:
+            return None
+        payload = payload_if_current(raw, marker, floor, ceiling)
+        return decode(raw, marker) if payload is None else payload
+
+    async def _get_raw(self, key: str) -> tuple[bytes | None, bytes | None]:
+        """The lifetime marker and the raw entry: one MGET (errors mapped without a
+        context manager: this is the hit path)."""
+        try:
+            if self._bounded:
+                async with self._limit:
+                    found = await self.client.mget(self.marker(key), key)
+            else:
+                found = await self.client.mget(self.marker(key), key)
+        except WritethroughError:
+            raise
+        except Exception as exc:
+            raise mapped(exc) from exc
+        return found[0], found[1]
 
     async def write(
         self,
@@ -308,9 +333,15 @@ class AsyncRedisCache:
         await self.client.aclose()
 
     async def _run(self, key: str, args: list[Any]) -> Any:
-        async with self._limit:
-            with mapped_errors():
-                return await self._script(keys=[key, self.marker(key)], args=args)
+        try:
+            if self._bounded:
+                async with self._limit:
+                    return await self._script(keys=[key, self.marker(key)], args=args)
+            return await self._script(keys=[key, self.marker(key)], args=args)
+        except WritethroughError:
+            raise
+        except Exception as exc:
+            raise mapped(exc) from exc
 
 
 class AsyncRedisClusterCache(AsyncRedisCache):

@@ -42,9 +42,10 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
 from ..sources.base import AsyncOutboxSource, AsyncSource, Row
-from .compat import Flights, RepairWorker, floor_guard, shielded, sleep
+from .compat import Flights, KeyFlight, RepairWorker, floor_guard, shielded, sleep
 
 _MISSING: Any = object()
+_UNREAD: Any = object()  # the cache was not asked yet
 _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
 FLOOR_KEYS = 10_000  # read floors kept per store before they are pushed to the cache
@@ -99,6 +100,10 @@ class AsyncStore:
         self.floors = ReadFloors(FLOOR_KEYS, keep_for, clock, floor_guard())
         self._floors = self.floors.floors  # read on the hot path
         self._hits = self.stats.counters["hits"]
+        self._hit_cache: Any = None
+        self._invalidated: dict[str, bool] = {}  # keys this process just invalidated
+        self._flying = self.flights.keys  # keys a local reader is looking up
+        self._get_hit: Any = None
         self._loads = self.serializer.loads
         self._max_key = self.settings.max_key_bytes
         self._random = random.Random()
@@ -175,44 +180,92 @@ class AsyncStore:
 
     async def get(self, key: str, default: Any = None) -> Any:
         """The value under ``key``, or ``default`` if there is none."""
-        # The hit path, kept short: one cache lookup, one decode.
+        # The hit path, kept short: one cache lookup, one decode, no context manager.
         if (
             key.__class__ is str
             and 0 < len(key) <= self._max_key
             and key.isascii()
             and key not in self._pending
             and key not in self._floors
+            and key not in self._invalidated
+            and key not in self._flying
             and self.breaker.closed
         ):
+            cache = self.cache
+            get_hit = self._get_hit if cache is self._hit_cache else self._hit_method(cache)
             try:
-                entry = await self.cache.get(self._prefix + key)
-            except CacheError:
-                entry = None  # the slow path below counts and handles it
+                if get_hit is not None:  # the payload of a current value, else the entry
+                    entry = await get_hit(self._prefix + key, self._epoch_floor, self._epoch_ceiling)
+                else:
+                    entry = await cache.get(self._prefix + key)
+            except CacheDataError:  # garbage under the key: a miss, counted
+                self.stats.add("cache_data_errors")
+                entry = None
+            except CacheError:  # counted here; the lookup below reads the DB
+                self.stats.add("cache_read_failures")
+                self.breaker.failure()
+                entry = _MISSING
             else:
-                if (
+                if entry.__class__ is bytes:
+                    try:
+                        value = self._loads(entry)
+                    except Exception:  # a garbage payload: the lookup below drops it
+                        entry = _UNREAD
+                    else:
+                        next(self._hits)
+                        return value
+                elif (
                     entry is not None
                     and entry.kind is _VALUE
                     and self._epoch_floor <= entry.version < self._epoch_ceiling
                 ):
                     try:
                         value = self._loads(entry.payload)
-                    except Exception:  # a garbage payload: the slow path drops it
+                    except Exception:  # a garbage payload: the lookup below drops it
                         pass
                     else:
                         next(self._hits)
                         return value
-        found = await self.get_versioned(key)
+            found = await self._lookup(key, entry)
+        else:
+            # A key this process just invalidated is most likely a miss: its lease is its
+            # lookup. A key another reader here is looking up: wait for that lookup.
+            lease_first = key.__class__ is str and (
+                self._invalidated.pop(key, None) is not None or key in self._flying)
+            found = await self._lookup(key, _UNREAD, lease_first)
         return default if found is None else found.value
+
+    def _hit_method(self, cache: AsyncCache) -> Any:
+        """The cache's ``get_hit`` (payloads of current values without an Entry), if any;
+        looked up again when ``store.cache`` is replaced (instrumented, wrapped)."""
+        # On the class: a wrapper's __getattr__ (near cache, instrumentation) would hand out
+        # the inner cache's method and skip the wrapper.
+        found = getattr(type(cache), "get_hit", None)
+        self._hit_cache, self._get_hit = cache, None if found is None else cache.get_hit  # type: ignore[attr-defined]
+        return self._get_hit
 
     async def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
+        return await self._lookup(key, _UNREAD)
+
+    async def _lookup(self, key: str, entry: Any, lease_first: bool = False) -> Versioned | None:
+        """``get`` past its hit path; ``entry`` is what the cache answered there
+        (``_MISSING``: it failed), or ``_UNREAD`` when it was not asked yet.
+        ``lease_first``: look the key up with its lease (the script answers with the value
+        if there is one): one round trip, not a GET and then the lease."""
         ckey = self._cache_key(key)
         # The floor in force now binds this read to the end, even if another thread lifts it.
         floor = self.floors.version(key) if key in self._floors else 0
         if key in self._pending:  # read-your-writes while the cache lags
             self.stats.add("pending_repair_reads")
             return await self._read_source(key)
-        entry = await self._cache_call(self.cache.get, ckey) if self.breaker.allow() else _MISSING
+        if entry is _UNREAD:
+            if not self.breaker.allow():
+                entry = _MISSING
+            elif lease_first and self._versioned:
+                return await self._miss(key, ckey, None, looked=False, floor=floor)
+            else:
+                entry = await self._cache_call(self.cache.get, ckey)
         if entry is not _MISSING and self._current(entry):
             self.stats.add("hits")
             return await self._hit(key, entry, floor)
@@ -221,11 +274,37 @@ class AsyncStore:
             return await self._read_source(key)
         if not self._versioned:
             return await self._naive_fill(key, ckey)
+        return await self._miss(key, ckey, entry, floor=floor)
+
+    async def _miss(
+        self, key: str, ckey: str, entry: Entry | None, looked: bool = True, floor: int = 0
+    ) -> Versioned | None:
+        """No current value in the cache (``entry``: what it held, if it was asked).
+
+        One lookup per key per process: the first reader of a key leads a local flight
+        (registered before its lease round trip), later ones wait for it, bounded by
+        ``lease_ttl``, without polling. A follower takes the leader's result only if it
+        came from a look at the cache or the DB that began after the follower arrived
+        (so no write acknowledged before the follower's read is missed); a follower that
+        comes once the leader's DB read has begun meets its lease in the cache instead.
+        """
         if entry is not None and entry.kind is _LEASE:
             joined = await self._join_local_flight(key, entry.payload, floor)
             if joined is not _MISSING:
                 return joined  # type: ignore[no-any-return]
-        return await self._leased_fill(key, ckey, floor)
+        found = self.flights.join(key)
+        if found is None:
+            return await self._leased_fill(key, ckey, self.flights.start(key), looked, floor)
+        flight, seen = found
+        result = await self.flights.wait(flight, self.settings.lease_ttl)
+        if result is not None and result[0] > seen:
+            self.stats.add("flight_joins")
+            if not looked:
+                self.stats.add("misses")
+            if result[1] < max(floor, self.floors.version(key)):
+                return await self._read_source(key)
+            return result[2]  # type: ignore[no-any-return]
+        return await self._leased_fill(key, ckey, None, looked, floor)  # alone: no flight again
 
     def _current(self, entry: Entry | None) -> bool:
         """A value of the database epoch this process knows (older ones are misses)."""
@@ -257,7 +336,7 @@ class AsyncStore:
         Safe: the lease is still in the cache, so no write was acknowledged since
         it was taken, and the holder reads the DB after taking it.
         """
-        joined, row = await self.flights.follow(token, self.settings.lease_wait)
+        joined, row = await self.flights.follow(token, self.settings.lease_ttl)
         if not joined:
             return _MISSING
         self.stats.add("flight_joins")
@@ -265,37 +344,69 @@ class AsyncStore:
             return await self._read_source(key)
         return self._versioned_row(row)
 
-    async def _leased_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
+    async def _leased_fill(
+        self, key: str, ckey: str, flight: KeyFlight | None = None, looked: bool = True, floor: int = 0
+    ) -> Versioned | None:
+        """Take the key's lease, load the row and fill it (or meet the value, or wait for
+        another holder's fill); delivers the result to ``flight``'s followers. ``floor``:
+        the read floor in force when the read began."""
         token = os.urandom(8)
+        # Registered before the round trip: a local reader that meets this lease in the
+        # cache waits for this load instead of polling.
+        self.flights.lead(token)
+        result: tuple[int, int, Versioned | None] | None = None
+        try:
+            result = await self._lease_and_load(key, ckey, token, flight, looked, floor)
+        finally:
+            self.flights.fail(token)  # nothing if the load finished it
+            if flight is not None:
+                self.flights.end(flight, result)
+        assert result is not None
+        return result[2]
+
+    async def _lease_and_load(
+        self, key: str, ckey: str, token: bytes, flight: KeyFlight | None, looked: bool, floor: int = 0
+    ) -> tuple[int, int, Versioned | None]:
+        """(number of the look it came from, its version, the result)."""
+        seen = self._observe(flight)
         leased = await self._cache_call(
             self.cache.lease, ckey, token, lease_ttl=self.settings.lease_ttl, floor=self._epoch_floor
         )
+        if leased is not _MISSING:
+            outcome, found = leased
+            if outcome is LeaseOutcome.HIT and self._current(found):
+                self.stats.add("late_hits" if looked else "hits")
+                hit = await self._hit(key, found, floor)
+                return seen, found.version if hit is None else hit.version, hit
+        if not looked:
+            self.stats.add("misses")
         if leased is _MISSING:
-            return await self._read_source(key)
-        outcome, found = leased
-        if outcome is LeaseOutcome.HIT and self._current(found):
-            self.stats.add("late_hits")
-            return await self._hit(key, found, floor)
+            return await self._from_source(key, flight)
         if outcome is LeaseOutcome.BUSY:
             if found is not None:
                 joined = await self._join_local_flight(key, found.payload, floor)
                 if joined is not _MISSING:
-                    return joined  # type: ignore[no-any-return]
-            waited = await self._wait_for_fill(key, ckey, floor)
+                    return seen, 0 if joined is None else joined.version, joined
+            waited = await self._wait_for_fill(key, ckey, flight, floor)
             if waited is not None:
                 return waited
-            return await self._read_source(key)
+            return await self._from_source(key, flight)
         if outcome is not LeaseOutcome.GRANTED:  # a value of a newer epoch: read the DB
-            return await self._read_source(key)
-        self.flights.lead(token)
-        try:
-            row, stored = await self._load_and_fill(key, ckey, token)
-        except BaseException:
-            self.flights.fail(token)
-            raise
+            return await self._from_source(key, flight)
+        seen = self._observe(flight, last=True)
+        row, stored = await self._load_and_fill(key, ckey, token)
         self.flights.finish(token, row)
         self.stats.add("fills" if stored else "fills_dropped")
-        return self._versioned_row(row)
+        return seen, row.version, self._versioned_row(row)
+
+    def _observe(self, flight: KeyFlight | None, last: bool = False) -> int:
+        return 0 if flight is None else self.flights.observe(flight, last)
+
+    async def _from_source(self, key: str, flight: KeyFlight | None) -> tuple[int, int, Versioned | None]:
+        seen = self._observe(flight, last=True)
+        self.stats.add("read_through")
+        row = await self._read_source_row(key)
+        return seen, row.version, self._versioned_row(row)
 
     async def _load_and_fill(self, key: str, ckey: str, token: bytes) -> tuple[Row, bool]:
         """Holding the lease ``token``: read the row (renewing the lease while the DB is
@@ -312,7 +423,9 @@ class AsyncStore:
         )
         return row, stored is True
 
-    async def _wait_for_fill(self, key: str, ckey: str, floor: int = 0) -> Versioned | None:
+    async def _wait_for_fill(
+        self, key: str, ckey: str, flight: KeyFlight | None = None, floor: int = 0
+    ) -> tuple[int, int, Versioned | None] | None:
         """Another process holds the lease: poll briefly for its fill."""
         self.stats.add("lease_waits")
         deadline = self.clock() + self.settings.lease_wait
@@ -320,12 +433,14 @@ class AsyncStore:
         while self.clock() < deadline:
             await self.sleep(min(pause, max(0.0, deadline - self.clock())))
             pause = min(pause * 2, 0.016)
+            seen = self._observe(flight)
             entry = await self._cache_call(self.cache.get, ckey)
             if entry is _MISSING:
                 return None
             if self._current(entry):
                 self.stats.add("late_hits")
-                return await self._hit(key, entry, floor)
+                hit = await self._hit(key, entry, floor)
+                return seen, entry.version if hit is None else hit.version, hit
             if entry is None or entry.kind is not _LEASE:
                 return None  # the lease ended without a value: read the DB
         return None
@@ -456,6 +571,10 @@ class AsyncStore:
         if not self._versioned:
             return WriteResult(key, version, await self._naive_write(ckey, kind, version, data)), None
         outcome, raw = await self._ladder(key, ckey, kind, version, data, outbox_ids)
+        if outcome is CacheOutcome.INVALIDATED:  # the next get asks for the lease at once
+            if len(self._invalidated) >= FLOOR_KEYS:
+                self._invalidated.clear()  # a hint only
+            self._invalidated[key] = True
         return WriteResult(key, version, outcome), raw
 
     async def _write(self, key: str, ckey: str, kind: Kind, payload: bytes | None) -> WriteResult:

@@ -61,10 +61,11 @@ class Flights:
 
     def __init__(self) -> None:
         self._futures: dict[bytes, _Result] = {}
+        self.keys: dict[str, KeyFlight] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._futures)
+        return len(self._futures) + len(self.keys)
 
     def lead(self, token: bytes) -> None:
         with self._lock:
@@ -88,6 +89,54 @@ class Flights:
         if future is None:
             return False, None
         return future.result(timeout)
+
+    # -- by key: readers of one key that have not looked it up yet --------------------
+
+    def start(self, key: str) -> KeyFlight | None:
+        """Become the local leader of ``key``'s lookup; None if there is one already."""
+        with self._lock:
+            if key in self.keys:
+                return None
+            flight = self.keys[key] = KeyFlight(key)
+        return flight
+
+    def join(self, key: str) -> tuple[KeyFlight, int] | None:
+        """The open flight of ``key`` and the observation count at joining, or None."""
+        with self._lock:
+            flight = self.keys.get(key)
+            if flight is None or not flight.open:
+                return None
+            return flight, flight.seen
+
+    def observe(self, flight: KeyFlight, last: bool = False) -> int:
+        """The leader is about to look at the cache or the DB: the number of that look.
+        ``last``: its result is the flight's (a DB read); nobody joins after it starts."""
+        with self._lock:
+            flight.seen += 1
+            if last:
+                flight.open = False
+            return flight.seen
+
+    def end(self, flight: KeyFlight, result: Any) -> None:
+        """Deliver ``result`` (None: failed) and close the flight."""
+        with self._lock:
+            if self.keys.get(flight.key) is flight:
+                del self.keys[flight.key]
+            flight.open = False
+        flight.future.set_result(result)
+
+    def wait(self, flight: KeyFlight, timeout: float) -> Any:
+        """The leader's result, or None (failed, or not within ``timeout``)."""
+        return flight.future.result(timeout)[1]
+
+
+class KeyFlight:
+    """One local lookup of a key that other readers of the key wait for."""
+
+    __slots__ = ("future", "key", "open", "seen")
+
+    def __init__(self, key: str) -> None:
+        self.key, self.future, self.open, self.seen = key, _Result(), True, 0
 
 
 class RepairWorker:

@@ -41,12 +41,14 @@ from ..caches.redis_codec import (
     TAG_BYTES,
     WRITE_OUTCOMES,
     decode,
+    mapped,
     mapped_errors,
     ms,
+    payload_if_current,
     slot_marker,
 )
 from ..checks import check_count
-from ..errors import CacheDataError, CacheError
+from ..errors import CacheDataError, CacheError, WritethroughError
 from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from .compat import Semaphore
 
@@ -125,6 +127,7 @@ class RedisCache:
         # The cluster clients fail (rather than wait) when a node's pool is full:
         # bound the calls in flight so bursts wait their turn instead.
         self._limit: Any = nullcontext() if max_concurrency is None else Semaphore(max_concurrency)
+        self._bounded = max_concurrency is not None
 
     def marker(self, key: str) -> str:
         """The lifetime marker for ``key`` (one per server; one per slot on a cluster)."""
@@ -134,10 +137,32 @@ class RedisCache:
         """Connections are made on first use."""
 
     def get(self, key: str) -> Entry | None:
-        with self._limit:
-            with mapped_errors():
-                marker, raw = self.client.mget(self.marker(key), key)
+        marker, raw = self._get_raw(key)
         return None if raw is None else decode(raw, marker)
+
+    def get_hit(self, key: str, floor: int, ceiling: int) -> bytes | Entry | None:
+        """``get`` for the store's hit path: the payload (bytes, no Entry made) of a value
+        of this lifetime with ``floor <= version < ceiling``; anything else as ``get``."""
+        marker, raw = self._get_raw(key)
+        if raw is None:
+            return None
+        payload = payload_if_current(raw, marker, floor, ceiling)
+        return decode(raw, marker) if payload is None else payload
+
+    def _get_raw(self, key: str) -> tuple[bytes | None, bytes | None]:
+        """The lifetime marker and the raw entry: one MGET (errors mapped without a
+        context manager: this is the hit path)."""
+        try:
+            if self._bounded:
+                with self._limit:
+                    found = self.client.mget(self.marker(key), key)
+            else:
+                found = self.client.mget(self.marker(key), key)
+        except WritethroughError:
+            raise
+        except Exception as exc:
+            raise mapped(exc) from exc
+        return found[0], found[1]
 
     def write(
         self,
@@ -309,9 +334,15 @@ class RedisCache:
         self.client.close()
 
     def _run(self, key: str, args: list[Any]) -> Any:
-        with self._limit:
-            with mapped_errors():
-                return self._script(keys=[key, self.marker(key)], args=args)
+        try:
+            if self._bounded:
+                with self._limit:
+                    return self._script(keys=[key, self.marker(key)], args=args)
+            return self._script(keys=[key, self.marker(key)], args=args)
+        except WritethroughError:
+            raise
+        except Exception as exc:
+            raise mapped(exc) from exc
 
 
 class RedisClusterCache(RedisCache):

@@ -99,30 +99,52 @@ def mapped_errors() -> Iterator[None]:
     """Map redis-py errors into the project's families, where the I/O happens.
 
     Every exception from the client becomes a CacheError: an unmapped one would escape
-    the failure ladder after the database commit.
+    the failure ladder after the database commit. (The hot paths call :func:`mapped`
+    in their own ``except`` clause: a context manager per call costs more than the
+    rest of a hit's own work.)
     """
     try:
         yield
     except WritethroughError:  # already ours (a CacheDataError from a decode in the block)
         raise
-    except (rex.TimeoutError, TimeoutError) as exc:
-        raise CacheTimeout(f"Redis timed out: {exc}") from exc
-    except (rex.ConnectionError, rex.ClusterDownError, rex.MaxConnectionsError) as exc:
-        raise CacheUnavailable(f"Redis connection failed: {exc}") from exc
-    except rex.ResponseError as exc:
-        raise CacheServerError(f"Redis answered with an error: {exc}") from exc
-    except rex.RedisError as exc:
-        raise CacheError(f"Redis error: {exc}") from exc
-    except rex.RedisClusterException as exc:  # not a RedisError: no reachable node, slot not covered
-        raise CacheUnavailable(f"Redis Cluster unavailable: {exc}") from exc
-    except OSError as exc:
-        raise CacheUnavailable(f"Redis socket error: {exc}") from exc
-    except (AttributeError, TypeError) as exc:
+    except Exception as exc:
+        raise mapped(exc) from exc
+
+
+def mapped(exc: Exception) -> WritethroughError:
+    """The project's error for a redis-py (or socket) error ``exc`` (see :func:`mapped_errors`)."""
+    if isinstance(exc, WritethroughError):
+        return exc
+    if isinstance(exc, (rex.TimeoutError, TimeoutError)):
+        return CacheTimeout(f"Redis timed out: {exc}")
+    if isinstance(exc, (rex.ConnectionError, rex.ClusterDownError, rex.MaxConnectionsError)):
+        return CacheUnavailable(f"Redis connection failed: {exc}")
+    if isinstance(exc, rex.ResponseError):
+        return CacheServerError(f"Redis answered with an error: {exc}")
+    if isinstance(exc, rex.RedisError):
+        return CacheError(f"Redis error: {exc}")
+    if isinstance(exc, rex.RedisClusterException):  # not a RedisError: no reachable node, slot not covered
+        return CacheUnavailable(f"Redis Cluster unavailable: {exc}")
+    if isinstance(exc, OSError):
+        return CacheUnavailable(f"Redis socket error: {exc}")
+    if isinstance(exc, (AttributeError, TypeError)):
         # Seen inside redis-py's asyncio cluster client when it loses a connection
         # under load: a client fault, not ours; the store treats it as the cache failing.
-        raise CacheUnavailable(f"Redis client failed: {exc!r}") from exc
-    except Exception as exc:  # any other client fault (ValueError, IndexError, RuntimeError)
-        raise CacheError(f"Redis client failed: {exc!r}") from exc
+        return CacheUnavailable(f"Redis client failed: {exc!r}")
+    # any other client fault (ValueError, IndexError, RuntimeError)
+    return CacheError(f"Redis client failed: {exc!r}")
+
+
+def payload_if_current(raw: bytes, marker: bytes | None, floor: int, ceiling: int) -> bytes | None:
+    """The payload of ``raw`` if it is a value of this lifetime with ``floor <= version <
+    ceiling`` (the store's hit), else None (then :func:`decode` says what it is)."""
+    if raw[:1] == b"V" and marker is not None and raw[2:_HEAD] == marker and raw[1] in (48, 49):
+        colon = raw.find(b":", _HEAD)
+        digits = raw[_HEAD:colon]
+        if (colon > _HEAD and digits.isdigit() and (colon == _HEAD + 1 or digits[0] != 48)
+                and floor <= int(digits) < ceiling):
+            return raw[colon + 1 :]
+    return None
 
 
 TLS_CERT_REQS = ("none", "optional", "required")
@@ -187,7 +209,10 @@ OPTIONS: dict[str, Callable[[Any], Any]] = {
 TLS_ONLY = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
 DEFAULTS: dict[str, Any] = {
     "socket_timeout": 0.05,
-    "socket_connect_timeout": 0.05,
+    # A new connection also runs the reign check (one round trip): 50 ms failed whole
+    # cold pools under 64 tasks on a loaded host. A down server refuses at once; only
+    # an unreachable one costs this, once, before the breaker opens.
+    "socket_connect_timeout": 1.0,
     "max_connections": 64,
     "pool_timeout": 1.0,
 }
