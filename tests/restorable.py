@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from servers import HOST, STARTUP_TIMEOUT, ServerUnavailable, _as_owner, _pg_binary, free_port
@@ -55,6 +56,25 @@ class RestorableCluster:
             conf.write("\nrestore_command = 'false'\nrecovery_target_timeline = 'current'\n")
         self._chown(self.data, recursive=True)
         self.start()
+        self.wait_primary()
+
+    def wait_primary(self, timeout: float = 60.0) -> None:
+        """Recovery ends after ``pg_ctl start -w`` returns (a server in archive recovery
+        accepts connections once consistent): wait for the new timeline's primary."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with psycopg.connect(self.url, connect_timeout=5, autocommit=True) as conn:
+                    row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                    if row is not None and not row[0]:
+                        return
+            except psycopg.OperationalError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServerUnavailable(f"the restored cluster was still in recovery after {timeout} s")
+            time.sleep(0.05)
 
     def destroy(self) -> None:
         self.stop()
