@@ -206,6 +206,7 @@ class AsyncStore:
                 self.breaker.failure()
                 entry = _MISSING
             else:
+                self.breaker.success()  # the server answered: failures count in a row
                 if entry.__class__ is bytes:
                     try:
                         value = self._loads(entry)

@@ -141,9 +141,22 @@ def _get_many(store: Store, keys: Iterable[str], versioned: bool) -> dict[str, A
         return hits if len(hits) == len(wanted) else {key: hits[key] for key in wanted if key in hits}
     granted: dict[str, bytes] = {}
     busy: list[str] = []
+    late_hits: list[tuple[str, Entry]] = []
+    local: list[tuple[str, bytes]] = []
     if missed:
-        granted, busy = _lease_missed(store, missed, out, through, snap)
+        granted, busy, late_hits, local = _lease_missed(store, missed, out, through, snap)
+    # The granted leases are loaded first (registered as flights at once): nothing this
+    # batch waits for may hold them unregistered, nor past their lease_ttl.
     rows = _load(store, granted, through + naive) if granted or through or naive else {}
+    for key, hit in late_hits:
+        stats.add("late_hits")
+        out[key] = store._hit(key, hit, snap.get(key, 0))
+    for key, token in local:  # a lease this process may hold: its load
+        joined = store._join_local_flight(key, token, snap.get(key, 0))
+        if joined is not _MISSING:
+            out[key] = joined
+        else:
+            busy.append(key)
     for _ in through:
         stats.add("read_through")
     for key in naive:
@@ -175,10 +188,11 @@ def _lease_missed(
     out: dict[str, Versioned | None],
     through: list[str],
     snap: dict[str, int],
-) -> tuple[dict[str, bytes], list[str]]:
+) -> tuple[dict[str, bytes], list[str], list[tuple[str, Entry]], list[tuple[str, bytes]]]:
     """Take the fill leases of the keys that missed, in one round trip: those granted
-    (key -> token) and those whose lease another process holds."""
-    prefix, stats = store._prefix, store.stats
+    (key -> token), those whose lease another process holds, the late hits, and the
+    leases held by some process that may be this one (key -> its token)."""
+    prefix = store._prefix
     leasing: list[str] = []
     for key, entry in missed:
         if entry is not None and entry.kind is _LEASE:  # this process loading it? it
@@ -191,26 +205,25 @@ def _lease_missed(
     leased = _lease_entries(store, [(prefix + key, tokens[key]) for key in leasing])
     granted: dict[str, bytes] = {}
     busy: list[str] = []
+    late: list[tuple[str, Entry]] = []
+    local: list[tuple[str, bytes]] = []
     for key, answer in zip(leasing, leased, strict=True):
         if answer is _MISSING:
             through.append(key)
             continue
         outcome, found = answer
         if outcome is LeaseOutcome.HIT and store._current(found):
-            stats.add("late_hits")
-            out[key] = store._hit(key, found, snap.get(key, 0))
+            late.append((key, found))
         elif outcome is LeaseOutcome.BUSY:
             if found is not None:
-                joined = store._join_local_flight(key, found.payload, snap.get(key, 0))
-                if joined is not _MISSING:
-                    out[key] = joined
-                    continue
-            busy.append(key)
+                local.append((key, found.payload))
+            else:
+                busy.append(key)
         elif outcome is LeaseOutcome.GRANTED:
             granted[key] = tokens[key]
         else:  # a value of a newer epoch: read the DB
             through.append(key)
-    return granted, busy
+    return granted, busy, late, local
 
 
 def _load(store: Store, granted: dict[str, bytes], others: list[str]) -> dict[str, Row]:
@@ -317,8 +330,8 @@ def _lease_entries(store: Store, leases: list[tuple[str, bytes]]) -> list[Any]:
     many = getattr(store.cache, "lease_many", None)
     if many is None:
         return [store._cache_call(store.cache.lease, k, t, lease_ttl=ttl, floor=floor) for k, t in leases]
-    found = store._cache_call(many, leases, lease_ttl=ttl, floor=floor)
-    if found is _MISSING or found is None:
+    found = _many_call(store, many, leases, "cache_read_failures", lease_ttl=ttl, floor=floor)
+    if found is None:
         return [_MISSING] * len(leases)
     return [_per_key(store, answer, "cache_read_failures") for answer in found]
 
@@ -330,10 +343,36 @@ def _fill_entries(store: Store, fills: list[tuple[str, bytes, Entry, float]]) ->
     many = getattr(store.cache, "fill_many", None)
     if many is None:
         return [store._cache_call(store.cache.fill, k, t, e, ttl=ttl, floor=floor) for k, t, e, ttl in fills]
-    found = store._cache_call(many, fills, floor=floor)
-    if found is _MISSING or found is None:
+    found = _many_call(store, many, fills, "cache_write_failures", floor=floor)
+    if found is None:
         return [_MISSING] * len(fills)
     return [_per_key(store, answer, "cache_write_failures") for answer in found]
+
+
+def _many_call(
+    store: Store, method: Callable[..., Any], items: list[Any], failure: str, **kwargs: Any
+) -> list[Any] | None:
+    """A batch call to the cache, told to the breaker as the single-key calls tell it: a
+    failure if the call failed or no key got an answer (every command refused: -OOM,
+    -READONLY, -LOADING), a success if any key did. None: no answers at all."""
+    try:
+        found = method(items, **kwargs)
+    except CacheError:
+        for _ in items:
+            store.stats.add(failure)
+        store.breaker.failure()
+        return None
+    except BaseException:  # cancelled mid-call: no verdict, free the probe
+        store.breaker.release()
+        raise
+    if found is None:
+        store.breaker.failure()
+        return None
+    if found and all(isinstance(answer, CacheError) for answer in found):
+        store.breaker.failure()
+    else:
+        store.breaker.success()
+    return list(found)
 
 
 def _per_key(store: Store, answer: Any, failure: str) -> Any:
@@ -351,18 +390,11 @@ def _write_entries(
     if many is None:
         return [store._conditional_write(k, kind, v, p, tok) for k, kind, v, p, tok, _ in writes]
     stats = store.stats
-    try:
-        found = many(writes, tombstone_ttl=store.settings.tombstone_ttl,
-                           lease_ttl=store.settings.lease_ttl, floor=store._epoch_floor)
-    except CacheError:
-        for _ in writes:
-            stats.add("cache_write_failures")
-        store.breaker.failure()
+    found = _many_call(store, many, writes, "cache_write_failures",
+                             tombstone_ttl=store.settings.tombstone_ttl,
+                             lease_ttl=store.settings.lease_ttl, floor=store._epoch_floor)
+    if found is None:
         return [None] * len(writes)
-    except BaseException:  # cancelled mid-call: no verdict, free the probe
-        store.breaker.release()
-        raise
-    store.breaker.success()
     out: list[WriteOutcome | None] = []
     for outcome in found:
         if isinstance(outcome, CacheError):
