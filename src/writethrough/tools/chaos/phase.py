@@ -429,7 +429,8 @@ def run_phase(phase: Phase, ops: int, progress: Callable[[int], None]) -> PhaseR
     for key in phase.keys + phase.killed_keys:
         entry = _retry(partial(phase.cache.inner.get, phase.cache_key(key)))
         final_cache[phase.key_label(key)] = None if entry is None or entry.kind is not Kind.VALUE else entry.version
-        final_db[phase.key_label(key)] = phase.source.inner.read(key).version
+        # Retried too: a connection the lost-reply resets left in the pool fails once.
+        final_db[phase.key_label(key)] = _retry(partial(phase.source.inner.read, key)).version
     killed = {phase.key_label(k) for k in phase.killed_keys} if phase.scenario.kill == "best-effort" else set()
     history = phase.recorder.ops
     report = check(history, final_db=final_db,
