@@ -6,6 +6,7 @@ Every cache (memory://, Redis, Redis Cluster) x source (SQLite, PostgreSQL) x st
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import threading
 from pathlib import Path
@@ -101,6 +102,14 @@ def test_empty_duplicates_and_bad_keys(make_any_store: Any) -> None:
     writes = store.stats.source_writes
     assert store.get_many(["ok", "b"]) == {"b": 2}  # nothing was written by the refused batches
     assert store.stats.source_writes == writes
+    endless = (f"k{i}" for i in itertools.count())  # never read to its end
+    for call in (store.get_many, store.get_many_versioned, store.delete_many):
+        with pytest.raises(InvalidKeyError, match="at most 10,000 keys"):
+            call(endless)
+    with pytest.raises(InvalidKeyError, match="at most 10,000 keys, got 10,001"):
+        store.put_many({f"k{i}": i for i in range(10_001)})
+    assert store.stats.source_writes == writes and store.get_many(["k1"]) == {}
+    assert len(store.get_many([f"k{i}" for i in range(10_000)])) == 0  # the limit itself is fine
 
 
 def test_invalidate_strategy_and_tombstone_on_empty(make_any_store: Any) -> None:

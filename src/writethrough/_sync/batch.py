@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
 from typing import Any
 
 from ..core import CacheOutcome, Versioned, WriteResult, check_key, public_outcome
@@ -44,12 +45,23 @@ _TOMBSTONE = Kind.TOMBSTONE
 _REJECTED = (WriteOutcome.SUPERSEDED, WriteOutcome.KEPT)
 
 
+MAX_BATCH = 10_000  # keys per batch call: one MGET / pipeline / statement stays bounded
+
+
+def too_many(count: int | None = None) -> InvalidKeyError:
+    got = "more" if count is None else f"{count:,}"
+    return InvalidKeyError(f"a batch takes at most {MAX_BATCH:,} keys, got {got}: split it")
+
+
 def checked_keys(store: Store, keys: Iterable[str]) -> list[str]:
-    """``keys`` checked (InvalidKeyError before anything is read or written), duplicates dropped."""
+    """``keys`` checked (InvalidKeyError before anything is read or written), duplicates
+    dropped; at most ``MAX_BATCH`` of them (an endless iterable is not read to its end)."""
     if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
         raise InvalidKeyError(f"expected an iterable of keys, not {type(keys).__name__}")
     most = store._max_key
-    listed = list(keys)
+    listed = list(islice(keys, MAX_BATCH + 1))
+    if len(listed) > MAX_BATCH:
+        raise too_many()
     for key in listed:  # the usual key, checked the way get's hit path checks it
         if not (key.__class__ is str and 0 < len(key) <= most and key.isascii()):
             listed = [check_key(key, most) for key in listed]
@@ -414,6 +426,8 @@ def _write_entries(
 def put_many(store: Store, mapping: Mapping[str, Any]) -> dict[str, WriteResult]:
     if not isinstance(mapping, Mapping):
         raise InvalidValueError(f"put_many takes a mapping of key to value, not {type(mapping).__name__}")
+    if len(mapping) > MAX_BATCH:
+        raise too_many(len(mapping))
     most = store._max_key
     items: dict[str, bytes | None] = {}
     for key, value in mapping.items():
