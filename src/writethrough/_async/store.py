@@ -8,6 +8,7 @@ backends only do I/O; the protocol's decisions are the pure functions of ``proto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -50,6 +51,7 @@ _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
 FLOOR_KEYS = 10_000  # read floors kept per store before they are pushed to the cache
 OUTBOX_BATCH = 500  # settled outbox ids cleared at once (also without a repair worker)
+OUTBOX_BACKLOG_EVERY = 5.0  # seconds between counts of the outbox rows waiting for a repair
 LEASE_RENEW_FOR = 60.0  # seconds a slow load may keep renewing its lease
 _AMBIGUOUS = (SourceTimeout, SourceUnavailable)  # the write may have committed
 
@@ -129,6 +131,10 @@ class AsyncStore:
             self._lease_worker = RepairWorker(self._tick, min(0.5, self.settings.lease_ttl / 4))
         self._outbox: AsyncOutboxSource | None = None
         self._outbox_done: list[int] = []  # outbox rows whose cache write landed
+        # Outbox rows past their grace (waiting for a repair) and the oldest one's age, as
+        # counted by the last repair round (metrics, status lines); None: never counted.
+        self.outbox_backlog: tuple[int, float] | None = None
+        self._backlog_at = -OUTBOX_BACKLOG_EVERY
         if self.settings.durability == "outbox":
             if not all(hasattr(source, m) for m in ("write_logged", "outbox_claim", "outbox_done")):
                 raise ConfigError(f"durability='outbox' needs a source with an outbox, not {source.name}")
@@ -746,6 +752,7 @@ class AsyncStore:
         of its version: always safe, whatever happened since.
         """
         await self._clear_outbox(outbox)
+        await self._count_outbox(outbox)
         if not self.breaker.closed:
             return 0  # the ladder's writes and the repairs above probe the cache
         rows = await outbox.outbox_claim(self.settings.outbox_grace, 100, 30.0)
@@ -761,6 +768,16 @@ class AsyncStore:
             for _ in finished:
                 self.stats.add("outbox_repairs")
         return len(finished)
+
+    async def _count_outbox(self, outbox: AsyncOutboxSource) -> None:
+        """Every few seconds: how many outbox rows wait for a repair, and since when."""
+        now = self.clock()
+        count = getattr(outbox, "outbox_backlog", None)
+        if count is None or now - self._backlog_at < OUTBOX_BACKLOG_EVERY:
+            return
+        self._backlog_at = now
+        with contextlib.suppress(SourceError):  # the repair round meets the same failure
+            self.outbox_backlog = await count(self.settings.outbox_grace)
 
     async def _clear_outbox(self, outbox: AsyncOutboxSource) -> None:
         done, self._outbox_done = self._outbox_done, []

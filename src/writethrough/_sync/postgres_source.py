@@ -32,6 +32,7 @@ from ..sources.postgres_sql import (
     DEFAULT_TABLE,
     EXPECTED_TYPES,
     OUTBOX_TABLE,
+    SQL_BACKLOG,
     SQL_CLAIM,
     SQL_COLUMNS,
     SQL_CREATE,
@@ -114,6 +115,7 @@ class PostgresSource:
         self._sql_write_many = sql.SQL(SQL_UPSERT_MANY).format(sql.Identifier(table))
         self._sql_logged_many = sql.SQL(SQL_LOGGED_MANY).format(sql.Identifier(table), outbox)
         self._sql_claim = sql.SQL(SQL_CLAIM).format(outbox)
+        self._sql_backlog = sql.SQL(SQL_BACKLOG).format(outbox)
         self._sql_done = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(outbox)
         self._outbox_ready = False
         self._epochs_ready = False  # the epochs table exists: new connections check the server
@@ -267,6 +269,15 @@ class PostgresSource:
             found = (conn.execute(self._sql_claim, params)).fetchall()
         rows = [OutboxRow(int(i), str(k), compose(int(e), int(v)), str(a)) for i, k, v, a, e in found]
         return sorted(rows, key=lambda row: row.id)
+
+    def outbox_backlog(self, older_than: float) -> tuple[int, float]:
+        """Outbox rows older than ``older_than`` seconds (waiting for a repair), and the age
+        in seconds of the oldest row."""
+        params = {"ns": self.namespace, "older_than": older_than}
+        with self._connection() as conn:
+            self._ensure_outbox(conn)
+            found = (conn.execute(self._sql_backlog, params)).fetchone()
+        return (0, 0.0) if found is None else (int(found[0]), float(found[1]))
 
     def outbox_done(self, ids: list[int]) -> None:
         if ids:

@@ -9,6 +9,7 @@ backends only do I/O; the protocol's decisions are the pure functions of ``proto
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -51,6 +52,7 @@ _VALUE = Kind.VALUE
 _LEASE = Kind.LEASE
 FLOOR_KEYS = 10_000  # read floors kept per store before they are pushed to the cache
 OUTBOX_BATCH = 500  # settled outbox ids cleared at once (also without a repair worker)
+OUTBOX_BACKLOG_EVERY = 5.0  # seconds between counts of the outbox rows waiting for a repair
 LEASE_RENEW_FOR = 60.0  # seconds a slow load may keep renewing its lease
 _AMBIGUOUS = (SourceTimeout, SourceUnavailable)  # the write may have committed
 
@@ -130,6 +132,10 @@ class Store:
             self._lease_worker = RepairWorker(self._tick, min(0.5, self.settings.lease_ttl / 4))
         self._outbox: OutboxSource | None = None
         self._outbox_done: list[int] = []  # outbox rows whose cache write landed
+        # Outbox rows past their grace (waiting for a repair) and the oldest one's age, as
+        # counted by the last repair round (metrics, status lines); None: never counted.
+        self.outbox_backlog: tuple[int, float] | None = None
+        self._backlog_at = -OUTBOX_BACKLOG_EVERY
         if self.settings.durability == "outbox":
             if not all(hasattr(source, m) for m in ("write_logged", "outbox_claim", "outbox_done")):
                 raise ConfigError(f"durability='outbox' needs a source with an outbox, not {source.name}")
@@ -747,6 +753,7 @@ class Store:
         of its version: always safe, whatever happened since.
         """
         self._clear_outbox(outbox)
+        self._count_outbox(outbox)
         if not self.breaker.closed:
             return 0  # the ladder's writes and the repairs above probe the cache
         rows = outbox.outbox_claim(self.settings.outbox_grace, 100, 30.0)
@@ -762,6 +769,16 @@ class Store:
             for _ in finished:
                 self.stats.add("outbox_repairs")
         return len(finished)
+
+    def _count_outbox(self, outbox: OutboxSource) -> None:
+        """Every few seconds: how many outbox rows wait for a repair, and since when."""
+        now = self.clock()
+        count = getattr(outbox, "outbox_backlog", None)
+        if count is None or now - self._backlog_at < OUTBOX_BACKLOG_EVERY:
+            return
+        self._backlog_at = now
+        with contextlib.suppress(SourceError):  # the repair round meets the same failure
+            self.outbox_backlog = count(self.settings.outbox_grace)
 
     def _clear_outbox(self, outbox: OutboxSource) -> None:
         done, self._outbox_done = self._outbox_done, []

@@ -144,6 +144,11 @@ def _metric_list() -> list[MetricInfo]:
                    "Cache repairs recorded and not yet applied."),
         MetricInfo("writethrough_repair_oldest_age_seconds", "gauge", ns,
                    "Age of the oldest pending repair (0 if none)."),
+        MetricInfo("writethrough_outbox_backlog", "gauge", ns,
+                   "Outbox rows past their grace, waiting for a repair (durability=outbox; counted "
+                   "by the repair round every few seconds)."),
+        MetricInfo("writethrough_outbox_oldest_age_seconds", "gauge", ns,
+                   "Age of the oldest such outbox row (0 if none)."),
         MetricInfo("writethrough_breaker_state", "gauge", ("namespace", "state"),
                    "Stores whose cache circuit breaker is in each state (closed, open, half_open)."),
         MetricInfo("writethrough_breaker_opened_total", "counter", ns,
@@ -206,6 +211,8 @@ class WritethroughCollector:
         windows: dict[str, float] = {}
         backlog: dict[str, int] = defaultdict(int)
         oldest: dict[str, float] = defaultdict(float)
+        outbox: dict[str, int] = defaultdict(int)
+        outbox_age: dict[str, float] = defaultdict(float)
         breaker: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(BREAKER_STATES, 0))
         opened: dict[str, int] = defaultdict(int)
         info: dict[tuple[str, str, str, str], int] = defaultdict(int)
@@ -217,6 +224,10 @@ class WritethroughCollector:
             backlog[ns] += len(pending)
             if pending:
                 oldest[ns] = max(oldest[ns], store.clock() - pending[0].recorded_at)
+            counted = getattr(store, "outbox_backlog", None)
+            if counted is not None:
+                outbox[ns] += counted[0]
+                outbox_age[ns] = max(outbox_age[ns], counted[1])
             breaker[ns][store.breaker.state.value] += 1
             opened[ns] += store.breaker.opened
             s = store.settings
@@ -245,6 +256,9 @@ class WritethroughCollector:
         yield _family(GaugeMetricFamily, "writethrough_repair_backlog", backlog)
         yield _family(GaugeMetricFamily, "writethrough_repair_oldest_age_seconds",
                       {ns: oldest.get(ns, 0.0) for ns in backlog})
+        if outbox:
+            yield _family(GaugeMetricFamily, "writethrough_outbox_backlog", outbox)
+            yield _family(GaugeMetricFamily, "writethrough_outbox_oldest_age_seconds", outbox_age)
         family = GaugeMetricFamily("writethrough_breaker_state", _help("writethrough_breaker_state"),
                                    labels=["namespace", "state"])
         for ns, states in sorted(breaker.items()):

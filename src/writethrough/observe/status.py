@@ -96,9 +96,18 @@ def store_fields(store: Store) -> Callable[[], Fields]:
         return {"namespace": store.namespace, "repairs_applied": stats.repairs_applied,
                 "outbox_repairs": stats.outbox_repairs, "pending": len(pending),
                 "oldest_pending_s": round(age, 2), "breaker": store.breaker.state.value,
-                "cache_write_failures": stats.cache_write_failures}
+                "cache_write_failures": stats.cache_write_failures,
+                **outbox_fields(store)}
 
     return fields
+
+
+def outbox_fields(store: Store) -> Fields:
+    """Outbox rows waiting for a repair, once the repair round has counted them."""
+    counted = getattr(store, "outbox_backlog", None)
+    if counted is None:
+        return {}
+    return {"outbox_waiting": counted[0], "outbox_oldest_s": round(counted[1], 2)}
 
 
 class JSONFormatter(logging.Formatter):

@@ -87,6 +87,10 @@ SQL_CLAIM = (
     "ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) RETURNING id, key, version, action, "
     + EPOCH_OF
 )
+SQL_BACKLOG = (
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0) FROM {} "
+    "WHERE namespace = %(ns)s AND created_at <= now() - make_interval(secs => %(older_than)s)"
+)
 SQL_COLUMNS = """
 SELECT a.attname, a.atttypid::regtype::text, a.attnotnull AND NOT a.atthasdef AND a.attidentity = ''
 FROM pg_attribute a WHERE a.attrelid = to_regclass(%(t)s) AND a.attnum > 0 AND NOT a.attisdropped

@@ -246,6 +246,16 @@ class SQLiteSource:
                 )
         return rows
 
+    def outbox_backlog(self, older_than: float) -> tuple[int, float]:
+        """Outbox rows older than ``older_than`` seconds (waiting for a repair), and the age
+        in seconds of the oldest row."""
+        now = time.time()
+        with self._connection() as conn:
+            count, oldest = conn.execute(
+                f"SELECT count(*), min(created_at) FROM {OUTBOX_TABLE} WHERE namespace = ? "
+                "AND created_at <= ?", (self.namespace, now - older_than)).fetchone()
+        return int(count), 0.0 if oldest is None else max(0.0, now - float(oldest))
+
     def outbox_done(self, ids: list[int]) -> None:
         if not ids:
             return

@@ -64,6 +64,9 @@ class AsyncSQLiteSource:
     async def outbox_claim(self, older_than: float, limit: int, claim_for: float) -> list[OutboxRow]:
         return await asyncio.to_thread(self.inner.outbox_claim, older_than, limit, claim_for)
 
+    async def outbox_backlog(self, older_than: float) -> tuple[int, float]:
+        return await asyncio.to_thread(self.inner.outbox_backlog, older_than)
+
     async def outbox_done(self, ids: list[int]) -> None:
         await asyncio.to_thread(self.inner.outbox_done, ids)
 
