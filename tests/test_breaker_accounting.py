@@ -14,17 +14,7 @@ from writethrough.caches.memory import MemoryCache
 from writethrough.errors import CacheServerError
 from writethrough.sources.sqlite import SQLiteSource
 from writethrough.store import Store
-from writethrough.tools.faults import FaultyCache
-
-
-def every(n: int) -> Any:
-    count = [0]
-
-    def make() -> BaseException | None:
-        count[0] += 1
-        return CacheUnavailable("injected blip") if count[0] % n == 0 else None
-
-    return make
+from writethrough.tools.faults import FaultyCache, every
 
 
 def test_isolated_blips_between_fast_hits_do_not_open_the_breaker(tmp_path: Path) -> None:
@@ -37,7 +27,7 @@ def test_isolated_blips_between_fast_hits_do_not_open_the_breaker(tmp_path: Path
          Store(SQLiteSource(path, namespace=ns), cache, namespace=ns,  # type: ignore[arg-type]
                repair_worker=False) as reader:
         writer.put_many(dict.fromkeys(keys, "v"))  # cached (closing a store closes its cache)
-        cache.fail("get", every(200))  # 1 GET in 200 fails, never two in a row
+        cache.fail("get", every(200, CacheUnavailable("injected blip")))  # 1 GET in 200 fails, never two in a row
         for key in keys:
             assert reader.get(key) == "v"
         assert reader.stats.cache_read_failures == 10

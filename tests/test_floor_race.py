@@ -22,17 +22,7 @@ from writethrough import CacheOutcome, CacheUnavailable
 from writethrough.caches.memory import MemoryCache
 from writethrough.sources.sqlite import SQLiteSource
 from writethrough.store import Store
-from writethrough.tools.faults import FaultyCache
-
-
-def times(n: int, error: BaseException) -> Any:
-    left = [n]
-
-    def make() -> BaseException | None:
-        left[0] -= 1
-        return error if left[0] >= 0 else None
-
-    return make
+from writethrough.tools.faults import FaultyCache, times
 
 
 @pytest.mark.parametrize("batch", [False, True], ids=["get_versioned", "get_many_versioned"])

@@ -34,20 +34,9 @@ from writethrough.repair import BreakerState, CircuitBreaker
 from writethrough.sources.sqlite import SQLiteSource
 from writethrough.store import AsyncStore, Store
 from writethrough.tools.faultproxy import FaultProxy
-from writethrough.tools.faults import FaultyCache, FaultySource
+from writethrough.tools.faults import FaultyCache, FaultySource, times
 
 ROOMY = "socket_timeout=0.5&socket_connect_timeout=0.5"
-
-
-def times(n: int, error: BaseException) -> Any:
-    """An injected failure for the next ``n`` calls, then none."""
-    left = [n]
-
-    def make() -> BaseException | None:
-        left[0] -= 1
-        return error if left[0] >= 0 else None
-
-    return make
 
 
 def slow(seconds: float) -> Any:

@@ -305,12 +305,7 @@ async def _read_rows(store: AsyncStore, keys: list[str]) -> dict[str, Row]:
     many = getattr(store.source, "read_many", None)
     rows = {key: await store.source.read(key) for key in keys} if many is None else await many(keys)
     for key in keys:
-        row = rows[key]
-        store.stats.add("source_reads")
-        store._learn_epoch(row.version)
-        if store._versioned:
-            for old_key, version in store.floors.raise_to(key, row.version):
-                await store._push_floor(old_key, version)
+        await store._took_row(key, rows[key])
     return rows
 
 

@@ -153,18 +153,7 @@ class AsyncPostgresSource:
         self._pool = pool
 
     async def read(self, key: str) -> Row:
-        params = {"ns": self.namespace, "key": check_key_text(key)}
-        pool = self._pool
-        if pool is None:
-            raise self._not_open()
-        try:  # no context manager on the hot path (autocommit: nothing to commit)
-            conn = await pool.getconn()
-            try:
-                found = await (await conn.execute(self._sql_read, params)).fetchone()
-            finally:
-                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
+        found = await self._fetchone(self._sql_read, {"ns": self.namespace, "key": check_key_text(key)})
         assert found is not None  # the epoch's row is always there
         epoch, version, value = found
         if version is None:
@@ -314,18 +303,9 @@ class AsyncPostgresSource:
         self._outbox_ready = True
 
     async def _upsert(self, key: str, payload: bytes | None) -> int:
-        params = {"ns": self.namespace, "key": check_key_text(key), "value": payload}
-        pool = self._pool
-        if pool is None:
-            raise self._not_open()
-        try:  # no context manager on the hot path (autocommit: nothing to commit)
-            conn = await pool.getconn()
-            try:
-                found = await (await conn.execute(self._sql_write, params)).fetchone()
-            finally:
-                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
-        except psycopg.Error as exc:
-            raise self._failed(exc) from exc
+        found = await self._fetchone(
+            self._sql_write, {"ns": self.namespace, "key": check_key_text(key), "value": payload}
+        )
         if found is None:
             raise self._at_maximum(key)
         return compose(int(found[1]), int(found[0]))
@@ -345,6 +325,21 @@ class AsyncPostgresSource:
 
     def _not_open(self) -> SourceUnavailable:
         return SourceUnavailable(f"the PostgreSQL source {self.where} is not open")
+
+    async def _fetchone(self, statement: sql.Composed | str, params: dict[str, Any]) -> Any:
+        """One statement's first row, on the hot paths (read, write): no context manager,
+        autocommit (nothing to commit)."""
+        pool = self._pool
+        if pool is None:
+            raise self._not_open()
+        try:
+            conn = await pool.getconn()
+            try:
+                return await (await conn.execute(statement, params)).fetchone()
+            finally:
+                await pool.putconn(conn)  # a broken connection is replaced, as after connection()
+        except psycopg.Error as exc:
+            raise self._failed(exc) from exc
 
     def _failed(self, exc: psycopg.Error) -> SourceError:
         """``_connection``'s error mapping, for the hot paths that do without it."""

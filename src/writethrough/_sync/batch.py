@@ -306,12 +306,7 @@ def _read_rows(store: Store, keys: list[str]) -> dict[str, Row]:
     many = getattr(store.source, "read_many", None)
     rows = {key: store.source.read(key) for key in keys} if many is None else many(keys)
     for key in keys:
-        row = rows[key]
-        store.stats.add("source_reads")
-        store._learn_epoch(row.version)
-        if store._versioned:
-            for old_key, version in store.floors.raise_to(key, row.version):
-                store._push_floor(old_key, version)
+        store._took_row(key, rows[key])
     return rows
 
 

@@ -466,12 +466,16 @@ class Store:
 
     def _read_source_row(self, key: str) -> Row:
         row = self.source.read(key)
+        self._took_row(key, row)
+        return row
+
+    def _took_row(self, key: str, row: Row) -> None:
+        """A row read from the database: counted, its epoch learnt, the read floor raised."""
         self.stats.add("source_reads")
         self._learn_epoch(row.version)
         if self._versioned:
             for old_key, version in self.floors.raise_to(key, row.version):
                 self._push_floor(old_key, version)
-        return row
 
     def _push_floor(self, key: str, version: int) -> None:
         """A floor leaving memory becomes a tombstone in the cache (see ``floors``); with

@@ -21,6 +21,28 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..sources.base import Row
 
 
+def times(n: int, error: BaseException) -> Callable[[], BaseException | None]:
+    """A fault schedule for ``fail``: ``error`` for the next ``n`` calls, then none."""
+    left = [n]
+
+    def make() -> BaseException | None:
+        left[0] -= 1
+        return error if left[0] >= 0 else None
+
+    return make
+
+
+def every(n: int, error: BaseException) -> Callable[[], BaseException | None]:
+    """A fault schedule for ``fail``: ``error`` on every ``n``-th call (never two in a row)."""
+    count = [0]
+
+    def make() -> BaseException | None:
+        count[0] += 1
+        return error if count[0] % n == 0 else None
+
+    return make
+
+
 class Gate:
     """Blocks the next call of one operation until released; tells when it was reached."""
 
