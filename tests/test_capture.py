@@ -243,6 +243,68 @@ def test_delete_and_reinsert_never_go_back(table: Captured, cache: Cache) -> Non
     assert (e := cached(cache, table, 1)) is not None and json.loads(e.payload)["name"] == "c"
 
 
+def _last_drawn(t: Captured) -> int:
+    (last,), = t.sql("SELECT pg_sequence_last_value('writethrough_versions')")
+    return int(last)
+
+
+def test_an_update_that_sets_the_version_itself_skips_the_draw(table: Captured,
+                                                                cache: Cache) -> None:
+    """``SET version = version + 1`` is kept (no per-row function call, no nextval: the
+    bulk-UPDATE path); a version the statement did not raise, lowered, nulled or set above
+    the sequence is replaced by a drawn one. Either way a row's versions rise and none is
+    above the sequence, and the cache follows the rows."""
+    t = table
+    t.sql("INSERT INTO {t} (id, name) SELECT g, 'n' FROM generate_series(1, 6) g")
+    before, last = t.rows(), _last_drawn(t)
+    t.sql("UPDATE {t} SET balance = 1, version = version + 1 WHERE id IN (1, 2, 3)")
+    after = t.rows()
+    assert [after[k][0] for k in "123"] == [before[k][0] + 1 for k in "123"], "kept"
+    assert _last_drawn(t) == last, "nothing drawn"
+    writes = {
+        "4": "UPDATE {t} SET balance = 2 WHERE id = 4",  # forgot the version
+        "5": "UPDATE {t} SET version = version - 7 WHERE id = 5",  # lowered it
+        "6": "UPDATE {t} SET version = 9000000000000000000 WHERE id = 6",  # above the sequence
+        "1": "UPDATE {t} SET version = NULL WHERE id = 1",  # nulled it
+    }
+    for key, statement in writes.items():
+        old = t.rows()[key][0]
+        t.sql(statement)
+        new = t.rows()[key][0]
+        assert old < new == _last_drawn(t), f"{key}: a drawn version"
+    assert all(v <= _last_drawn(t) for v, _ in t.rows().values()), "none above the sequence"
+    with running(t.listener()):
+        wait_for(lambda: matches(cache, t))
+        t.sql("UPDATE {t} SET name = 'bulk', version = version + 1")
+        wait_for(lambda: matches(cache, t))
+    assert divergences(cache, t) == []
+
+
+def test_deletes_after_statement_set_versions_are_never_stale(table: Captured,
+                                                              cache: Cache) -> None:
+    """Rows whose last version a statement set (``version + 1``), deleted with the
+    listener knowing nothing of them (no memory of keys: a DELETE without the old version
+    takes the tombstone "above everything drawn"): every key ends a tombstone or a miss,
+    none keeps its deleted value; re-inserted keys are cached at their new rows."""
+    t = table
+    t.sql("INSERT INTO {t} (id, name) SELECT g, 'n' FROM generate_series(1, 50) g")
+    options = {"remember_keys": 0} if t.mode == "logical" else {}
+    with running(t.listener(**options)):
+        for _ in range(3):
+            t.sql("UPDATE {t} SET balance = balance + 1, version = version + 1")
+        wait_for(lambda: matches(cache, t))
+        t.sql("DELETE FROM {t} WHERE id <= 40")
+        t.sql("INSERT INTO {t} (id, name) SELECT g, 'again' FROM generate_series(31, 40) g")
+        wait_for(lambda: all((e := cached(cache, t, k)) is None or e.kind is not Kind.VALUE
+                             for k in range(1, 31)))
+        wait_for(lambda: matches(cache, t))
+    assert divergences(cache, t, range(1, 51)) == []
+    for key in range(31, 41):
+        entry = cached(cache, t, key)
+        assert entry is None or entry.kind is not Kind.VALUE or \
+            json.loads(entry.payload)["name"] == "again"
+
+
 def test_a_key_change_is_a_delete_plus_an_insert(table: Captured, cache: Cache) -> None:
     table.sql("INSERT INTO {t} (id, name) VALUES (1, 'a')")
     with table.listener() as listener:

@@ -7,9 +7,12 @@
 
 What lands on the table (one transaction, idempotent, run it again to switch modes):
 
-* a bigint version column (added if missing) and a ``BEFORE INSERT OR UPDATE`` row
-  trigger setting it from one sequence, ``writethrough_versions`` (increments of 2, never
-  reset, so a re-inserted key, a TRUNCATE or a re-created table never goes back);
+* a bigint version column (added if missing) and ``BEFORE INSERT`` / ``BEFORE UPDATE``
+  row triggers setting it from one sequence, ``writethrough_versions`` (increments of 2,
+  never reset, so a re-inserted key, a TRUNCATE or a re-created table never goes back).
+  An UPDATE that sets the version itself (``SET ..., version = version + 1``) skips the
+  function call: the trigger's ``WHEN`` accepts a version above the row's and not above
+  the sequence (:func:`version_kept`), and draws one otherwise;
 * ``capture="logical"``: a publication of the table (insert, update, delete, truncate)
   that listeners stream through a logical replication slot with ``pgoutput``;
 * ``capture="triggers"``: statement-level ``AFTER`` triggers (transition tables) writing
@@ -64,7 +67,8 @@ PARKED = "writethrough_parked"
 EPOCHS = "writethrough_epochs"
 REGISTRY = registry.REGISTRY_TABLE  # writethrough_namespaces
 CHANNEL = "writethrough_changes"
-VERSION_TRIGGER = "writethrough_version"
+VERSION_TRIGGER = "writethrough_version"  # BEFORE INSERT: always draws
+VERSION_UPDATE_TRIGGER = "writethrough_version_update"  # BEFORE UPDATE: unless the statement did
 CHANGE_TRIGGERS = ("writethrough_insert", "writethrough_update", "writethrough_delete",
                    "writethrough_truncate")
 # Triggers of the first design (per-row events + NOTIFY, SECURITY DEFINER): dropped on sight.
@@ -388,11 +392,31 @@ def _version_trigger(conn: Connection, shape: TableShape, objects: Objects,
     conn.execute(sql.SQL(_VERSION_FN).format(fn=version_fn, ver=ver,
                                              seq=objects.sequence_regclass))
     conn.execute(sql.SQL("REVOKE ALL ON FUNCTION {}() FROM PUBLIC").format(version_fn))
-    conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-        sql.Identifier(VERSION_TRIGGER), shape.ident))
-    conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW "
+    for trigger in (VERSION_TRIGGER, VERSION_UPDATE_TRIGGER):
+        conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+            sql.Identifier(trigger), shape.ident))
+    conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT ON {} FOR EACH ROW "
                          "EXECUTE FUNCTION {}()").format(
         sql.Identifier(VERSION_TRIGGER), shape.ident, version_fn))
+    conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW WHEN ({}) "
+                         "EXECUTE FUNCTION {}()").format(
+        sql.Identifier(VERSION_UPDATE_TRIGGER), shape.ident,
+        version_kept(ver, objects.sequence_regclass), version_fn))
+
+
+def version_kept(ver: sql.Identifier, sequence: sql.Composable) -> sql.Composed:
+    """When the UPDATE trigger draws a version: unless the statement set one itself that
+    is above the row's and not above the last version drawn (``SET version = version + 1``
+    usually is). Those two keep what the trigger's draw keeps: a row's versions rise in
+    commit order (the statement's expression is evaluated on the locked, newest row), and
+    no row is above the sequence, so a delete's tombstone "above everything drawn"
+    (:func:`~writethrough.capture.versions.floor_sql`) and a re-insert's draw stay above it.
+    Evaluated by PostgreSQL without calling the function: a bulk UPDATE that sets the
+    version pays no per-row function call and no per-row ``nextval``."""
+    return sql.SQL(
+        "NEW.{v} IS NULL OR NEW.{v} OPERATOR(pg_catalog.<=) OLD.{v} OR NEW.{v} "
+        "OPERATOR(pg_catalog.>) COALESCE(pg_catalog.pg_sequence_last_value({s}), 0)"
+    ).format(v=ver, s=sequence)
 
 
 def _publication(conn: Connection, shape: TableShape) -> str:
@@ -450,7 +474,7 @@ def uninstall(source_url: str, table: str, *, connect_timeout: int = 5) -> bool:
             schema, name = objects_of(conn).schema, table
         removed = False
         if shape is not None:
-            names = [VERSION_TRIGGER, *CHANGE_TRIGGERS, *OLD_TRIGGERS]
+            names = [VERSION_TRIGGER, VERSION_UPDATE_TRIGGER, *CHANGE_TRIGGERS, *OLD_TRIGGERS]
             found = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s "
                                  "AND tgname = ANY(%s)", (shape.oid, names)).fetchone()
             removed = bool(found and found[0])
