@@ -280,6 +280,26 @@ def test_an_update_that_sets_the_version_itself_skips_the_draw(table: Captured,
     assert divergences(cache, t) == []
 
 
+def test_a_key_change_that_sets_the_version_draws_one(table: Captured, cache: Cache) -> None:
+    """An UPDATE that moves a row to another key starts that key's history again: the key
+    may have held a higher version before a DELETE, so ``version + 1`` of the moved row is
+    not kept but drawn (found by review: the deleted row's value stayed cached)."""
+    t = table
+    t.sql("INSERT INTO {t} (id, name) VALUES (1, 'one')")
+    t.sql("INSERT INTO {t} (id, name) VALUES (2, 'two')")
+    options = {"remember_keys": 0} if t.mode == "logical" else {}
+    with running(t.listener(**options)):
+        wait_for(lambda: matches(cache, t))
+        higher = t.rows()["2"][0]
+        t.sql("BEGIN; DELETE FROM {t} WHERE id = 2; "
+              "UPDATE {t} SET id = 2, version = version + 1 WHERE id = 1; COMMIT")
+        assert t.rows()["2"][0] > higher, "the moved row drew a version above the key's"
+        wait_for(lambda: matches(cache, t))
+    entry = cached(cache, t, 2)
+    assert entry is not None and json.loads(entry.payload)["name"] == "one"
+    assert divergences(cache, t, range(1, 3)) == []
+
+
 def test_deletes_after_statement_set_versions_are_never_stale(table: Captured,
                                                               cache: Cache) -> None:
     """Rows whose last version a statement set (``version + 1``), deleted with the

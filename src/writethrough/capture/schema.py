@@ -341,7 +341,7 @@ def install(source_url: str, table: str, key_column: str, *, capture: Capture = 
         objects = objects_of(conn)
         ensure_shared(conn, objects, changes=capture == "triggers")
         added = _version_column(conn, shape, version_column)
-        _version_trigger(conn, shape, objects, version_column)
+        _version_trigger(conn, shape, objects, version_column, key_column)
         _, change_fn = function_names(shape.schema, shape.name)
         for name in (*CHANGE_TRIGGERS, *OLD_TRIGGERS):
             conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
@@ -381,7 +381,7 @@ def _version_column(conn: Connection, shape: TableShape, column: str) -> bool:
 
 
 def _version_trigger(conn: Connection, shape: TableShape, objects: Objects,
-                     column: str) -> None:
+                     column: str, key_column: str) -> None:
     """The BEFORE row trigger, and the sequence moved past every version already there."""
     ver = sql.Identifier(column)
     conn.execute(sql.SQL(
@@ -401,22 +401,25 @@ def _version_trigger(conn: Connection, shape: TableShape, objects: Objects,
     conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE UPDATE ON {} FOR EACH ROW WHEN ({}) "
                          "EXECUTE FUNCTION {}()").format(
         sql.Identifier(VERSION_UPDATE_TRIGGER), shape.ident,
-        version_kept(ver, objects.sequence_regclass), version_fn))
+        version_kept(ver, sql.Identifier(key_column), objects.sequence_regclass), version_fn))
 
 
-def version_kept(ver: sql.Identifier, sequence: sql.Composable) -> sql.Composed:
+def version_kept(ver: sql.Identifier, key: sql.Identifier, sequence: sql.Composable) -> sql.Composed:
     """When the UPDATE trigger draws a version: unless the statement set one itself that
     is above the row's and not above the last version drawn (``SET version = version + 1``
-    usually is). Those two keep what the trigger's draw keeps: a row's versions rise in
-    commit order (the statement's expression is evaluated on the locked, newest row), and
-    no row is above the sequence, so a delete's tombstone "above everything drawn"
-    (:func:`~writethrough.capture.versions.floor_sql`) and a re-insert's draw stay above it.
+    usually is), on a row that keeps its key. Those keep what the trigger's draw keeps: a
+    key's versions rise in commit order (the statement's expression is evaluated on the
+    locked, newest row), and no row is above the sequence, so a delete's tombstone "above
+    everything drawn" (:func:`~writethrough.capture.versions.floor_sql`) and a re-insert's
+    draw stay above it. A row that changes its key starts a new history for that key
+    (which may have held a higher version before a DELETE): it always draws.
     Evaluated by PostgreSQL without calling the function: a bulk UPDATE that sets the
     version pays no per-row function call and no per-row ``nextval``."""
     return sql.SQL(
-        "NEW.{v} IS NULL OR NEW.{v} OPERATOR(pg_catalog.<=) OLD.{v} OR NEW.{v} "
-        "OPERATOR(pg_catalog.>) COALESCE(pg_catalog.pg_sequence_last_value({s}), 0)"
-    ).format(v=ver, s=sequence)
+        "NEW.{v} IS NULL OR OLD.{v} IS NULL OR NEW.{v} OPERATOR(pg_catalog.<=) OLD.{v} "
+        "OR NEW.{v} OPERATOR(pg_catalog.>) COALESCE(pg_catalog.pg_sequence_last_value({s}), 0) "
+        "OR NEW.{k} IS DISTINCT FROM OLD.{k}"
+    ).format(v=ver, k=key, s=sequence)
 
 
 def _publication(conn: Connection, shape: TableShape) -> str:
