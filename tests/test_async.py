@@ -362,3 +362,100 @@ def test_a_reader_that_comes_after_an_acknowledged_write_never_takes_the_local_f
             await s.close()
 
     asyncio.run(main())
+
+
+class HitGated(AsyncMemoryCache):
+    """The real in-process cache; an armed hit-path read answers from the cache at once
+    but its reply waits for ``reply`` (applied on the server, still on its way); an armed
+    failure makes the next call raise as a lost connection does."""
+
+    def __init__(self, shared: MemoryCache) -> None:
+        super().__init__(shared)
+        self.calls, self.armed, self.fail = 0, False, False
+        self.applied, self.reply = asyncio.Event(), asyncio.Event()
+
+    async def get_hit(self, key: str, floor: int, ceiling: int) -> Any:
+        self.calls += 1
+        if self.fail:
+            from writethrough.errors import CacheUnavailable
+            raise CacheUnavailable("connection lost")
+        found = await super().get(key)  # an Entry: the store takes it as get's
+        if self.armed:
+            self.armed = False
+            self.applied.set()
+            await self.reply.wait()
+        return found
+
+
+def _hit_stores(tmp_path: Path, shared: MemoryCache, cache: Any) -> tuple[Any, Any]:
+    from writethrough._async.store import AsyncStore
+    from writethrough.core import Settings
+    from writethrough.sources import open_async_source
+
+    url = f"sqlite:///{tmp_path}/h.db"
+
+    def store(c: Any) -> AsyncStore:
+        return AsyncStore(open_async_source(url, namespace="h"), c, namespace="h",
+                          settings=Settings(), repair_worker=False)
+    return store(cache), store(AsyncMemoryCache(shared))
+
+
+def test_readers_share_a_hit_read_only_if_it_was_sent_after_they_began(tmp_path: Path) -> None:
+    """Concurrent readers of a key share one cache read (1,000 readers, 2 reads), but a
+    reader never takes the answer of a read sent before it began: here the first read
+    met v1, a write of v2 was acknowledged before its reply arrived, and a reader that
+    began after that acknowledgement reads v2 (from the next read, made for it)."""
+    async def main() -> None:
+        shared = MemoryCache()
+        gated = HitGated(shared)
+        reader, writer = _hit_stores(tmp_path, shared, gated)
+        await reader.open()
+        await writer.open()
+        await writer.put("k", 1)
+        gated.armed = True
+        first = asyncio.create_task(reader.get("k"))
+        await asyncio.wait_for(gated.applied.wait(), 5)  # the first read met v1; its reply is late
+        assert (await writer.put("k", 2)).cache is CacheOutcome.UPDATED
+        later = [asyncio.create_task(reader.get("k")) for _ in range(999)]
+        await asyncio.sleep(0.01)
+        assert gated.calls == 1, "the later readers wait for the next read"
+        gated.reply.set()
+        assert await first == 1  # began before the write: either answer is right
+        assert await asyncio.gather(*later) == [2] * 999, "a reader got a reply older than it"
+        assert gated.calls == 2, "999 readers shared one read"
+        assert len(reader._reads) == 0
+        await reader.close()
+        await writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_shared_hit_read_that_fails_counts_once_and_its_readers_read_the_db(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        shared = MemoryCache()
+        gated = HitGated(shared)
+        reader, writer = _hit_stores(tmp_path, shared, gated)
+        await reader.open()
+        await writer.open()
+        await writer.put("k", 1)
+        gated.armed = True
+        first = asyncio.create_task(reader.get("k"))
+        await asyncio.wait_for(gated.applied.wait(), 5)
+        later = [asyncio.create_task(reader.get("k")) for _ in range(50)]
+        cancelled = asyncio.create_task(reader.get("k"))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # a cancelled reader cancels only itself
+        gated.fail = True
+        gated.reply.set()
+        assert await first == 1
+        assert await asyncio.gather(*later) == [1] * 50, "the DB answered each"
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert gated.calls == 2
+        assert reader.stats.cache_read_failures == 1, "one failed read, counted once"
+        assert reader.breaker.state.value == "closed"
+        await reader.close()
+        await writer.close()
+
+    asyncio.run(main())

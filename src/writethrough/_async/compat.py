@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from asyncio import CancelledError
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 Semaphore = asyncio.Semaphore
+SHARE_READS = True  # concurrent hit-path reads of a key share one cache call (Reads)
 sleep = asyncio.sleep
 _background: set[asyncio.Task[Any]] = set()
 
@@ -40,35 +43,52 @@ class Flights:
 
     Keyed by lease token: a reader that sees a lease of this process in the
     cache awaits its result instead of polling the cache or querying the DB.
+    Each follower waits on a future of its own (a cancelled follower cancels only
+    its own), with one timer per load: a herd of 1,000 tasks on a key costs one
+    wake-up each when the load ends.
     """
 
     def __init__(self) -> None:
-        self._futures: dict[bytes, asyncio.Future[Any]] = {}
+        # token -> the followers' futures, each resolved with (delivered, result)
+        self._futures: dict[bytes, list[asyncio.Future[tuple[bool, Any]]]] = {}
+        self._timed: set[bytes] = set()  # tokens whose followers' timer is set
         self.keys: dict[str, KeyFlight] = {}
 
     def __len__(self) -> int:
         return len(self._futures) + len(self.keys)
 
     def lead(self, token: bytes) -> None:
-        self._futures[token] = asyncio.get_running_loop().create_future()
+        self._futures[token] = []
 
     def finish(self, token: bytes, result: Any) -> None:
-        future = self._futures.pop(token, None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        self._settle(token, (True, result))
 
     def fail(self, token: bytes) -> None:
-        future = self._futures.pop(token, None)
-        if future is not None and not future.done():
-            future.set_exception(LeaderGone())
-            future.exception()  # mark retrieved: followers may be none
+        self._settle(token, (False, None))
+
+    def _settle(self, token: bytes, outcome: tuple[bool, Any]) -> None:
+        self._timed.discard(token)
+        for waiter in self._futures.pop(token, ()):
+            if not waiter.done():  # not cancelled
+                waiter.set_result(outcome)
 
     async def follow(self, token: bytes, timeout: float) -> tuple[bool, Any]:
-        """(True, result) if a local leader delivered in time, else (False, None)."""
-        future = self._futures.get(token)
-        if future is None:
+        """(True, result) if a local leader delivered in time, else (False, None).
+        The time counts from the load's first follower."""
+        waiters = self._futures.get(token)
+        if waiters is None:
             return False, None
-        return await _wait(future, timeout)
+        loop = asyncio.get_running_loop()
+        if token not in self._timed:
+            self._timed.add(token)
+            loop.call_later(timeout, self._expire, token, waiters)
+        waiter: asyncio.Future[tuple[bool, Any]] = loop.create_future()
+        waiters.append(waiter)
+        return await waiter
+
+    def _expire(self, token: bytes, waiters: list[asyncio.Future[tuple[bool, Any]]]) -> None:
+        if self._futures.get(token) is waiters:  # the leader still loads: stop waiting
+            self._settle(token, (False, None))
 
     # -- by key: readers of one key that have not looked it up yet --------------------
 
@@ -105,6 +125,74 @@ class Flights:
     async def wait(self, flight: KeyFlight, timeout: float) -> Any:
         """The leader's result, or None (failed, or not within ``timeout``)."""
         return (await _wait(flight.future, timeout))[1]
+
+
+class Reads:
+    """Concurrent hit-path reads of one key share one cache call.
+
+    The first reader of a key calls the cache; readers that come while its call is in
+    flight wait for the *next* call, made once it returns, for all of them: every reader
+    gets an answer the cache gave after the reader began (a reply to a call sent before
+    it began could predate a write acknowledged in between). At most one call per key is
+    in flight; 1,000 tasks missing one cold key make two GETs, not 1,000.
+    Calls that fail are the callers' to account for (the store's ``_cache_call``
+    counts a failure once and answers for it): a shared call is accounted once.
+    """
+
+    def __init__(self) -> None:
+        # key -> None (a call in flight, nobody waits for the next) or the next call's
+        # waiters and the call to make
+        self._keys: dict[str, tuple[list[asyncio.Future[Any]], Callable[[], Awaitable[Any]]] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    async def read(self, key: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await call(*args)``, or the answer of the next such call, made for all readers
+        of ``key`` that wait for it (its exception, if it raised)."""
+        keys = self._keys
+        if key not in keys:  # nobody reads it: call now (the caller accounts)
+            keys[key] = None
+            try:
+                return await call(*args)
+            finally:
+                self._next(key)
+        batch = keys[key]
+        if batch is None:
+            batch = keys[key] = ([], partial(call, *args))
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        batch[0].append(waiter)  # its own future: a cancelled reader cancels only it
+        return await waiter
+
+    def _next(self, key: str) -> None:
+        """The call of ``key`` returned: send the one its waiters wait for, if any."""
+        batch = self._keys.pop(key, None)
+        if batch is None:
+            return
+        self._keys[key] = None  # in flight from now: later readers wait for the next one
+        task = asyncio.get_running_loop().create_task(self._send(key, *batch))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _send(self, key: str, waiters: list[asyncio.Future[Any]],
+                    call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            result = await call()
+        except BaseException as exc:  # every waiter gets it (cancelled: they are too)
+            for waiter in waiters:
+                if not waiter.done():
+                    if isinstance(exc, CancelledError):
+                        waiter.cancel()
+                    else:
+                        waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled, interrupted: not this task's to swallow
+        else:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(result)
+        finally:
+            self._next(key)
 
 
 class KeyFlight:

@@ -43,7 +43,16 @@ from ..protocol import Entry, Kind, LeaseOutcome, WriteOutcome
 from ..repair import CircuitBreaker, Repair, RepairLog
 from ..serializers import JSONSerializer, Serializer
 from ..sources.base import AsyncOutboxSource, AsyncSource, Row
-from .compat import Flights, KeyFlight, RepairWorker, floor_guard, shielded, sleep
+from .compat import (
+    SHARE_READS,
+    Flights,
+    KeyFlight,
+    Reads,
+    RepairWorker,
+    floor_guard,
+    shielded,
+    sleep,
+)
 
 _MISSING: Any = object()
 _UNREAD: Any = object()  # the cache was not asked yet
@@ -94,6 +103,8 @@ class AsyncStore:
             self.settings.breaker_threshold, self.settings.breaker_reset, clock=clock
         )
         self.flights = Flights()
+        self._reads = Reads()  # hit-path reads (get_hit's answers)
+        self._entry_reads = Reads()  # lookups' reads (entries)
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
         # Nothing older than a floor can land after this: fills read the DB after their
@@ -199,40 +210,48 @@ class AsyncStore:
         ):
             cache = self.cache
             get_hit = self._get_hit if cache is self._hit_cache else self._hit_method(cache)
-            try:
+            ckey = self._prefix + key
+            if SHARE_READS:  # asyncio: concurrent readers of a key share one call (Reads)
                 if get_hit is not None:  # the payload of a current value, else the entry
-                    entry = await get_hit(self._prefix + key, self._epoch_floor, self._epoch_ceiling)
+                    entry = await self._reads.read(
+                        ckey, self._cache_call, get_hit, ckey, self._epoch_floor, self._epoch_ceiling)
                 else:
-                    entry = await cache.get(self._prefix + key)
-            except CacheDataError:  # garbage under the key: a miss, counted
-                self.stats.add("cache_data_errors")
-                entry = None
-            except CacheError:  # counted here; the lookup below reads the DB
-                self.stats.add("cache_read_failures")
-                self.breaker.failure()
-                entry = _MISSING
+                    entry = await self._reads.read(ckey, self._cache_call, cache.get, ckey)
             else:
-                self.breaker.success()  # the server answered: failures count in a row
-                if entry.__class__ is bytes:
-                    try:
-                        value = self._loads(entry)
-                    except Exception:  # a garbage payload: the lookup below drops it
-                        entry = _UNREAD
+                try:
+                    if get_hit is not None:  # the payload of a current value, else the entry
+                        entry = await get_hit(ckey, self._epoch_floor, self._epoch_ceiling)
                     else:
-                        next(self._hits)
-                        return value
-                elif (
-                    entry is not None
-                    and entry.kind is _VALUE
-                    and self._epoch_floor <= entry.version < self._epoch_ceiling
-                ):
-                    try:
-                        value = self._loads(entry.payload)
-                    except Exception:  # a garbage payload: the lookup below drops it
-                        pass
-                    else:
-                        next(self._hits)
-                        return value
+                        entry = await cache.get(ckey)
+                except CacheDataError:  # garbage under the key: a miss, counted
+                    self.stats.add("cache_data_errors")
+                    entry = None
+                except CacheError:  # counted here; the lookup below reads the DB
+                    self.stats.add("cache_read_failures")
+                    self.breaker.failure()
+                    entry = _MISSING
+                else:
+                    self.breaker.success()  # the server answered: failures count in a row
+            if entry.__class__ is bytes:
+                try:
+                    value = self._loads(entry)
+                except Exception:  # a garbage payload: the lookup below drops it
+                    entry = _UNREAD
+                else:
+                    next(self._hits)
+                    return value
+            elif (
+                entry.__class__ is Entry
+                and entry.kind is _VALUE
+                and self._epoch_floor <= entry.version < self._epoch_ceiling
+            ):
+                try:
+                    value = self._loads(entry.payload)
+                except Exception:  # a garbage payload: the lookup below drops it
+                    pass
+                else:
+                    next(self._hits)
+                    return value
             found = await self._lookup(key, entry)
         else:
             # A key this process just invalidated is most likely a miss: its lease is its
@@ -271,6 +290,8 @@ class AsyncStore:
                 entry = _MISSING
             elif lease_first and self._versioned:
                 return await self._miss(key, ckey, None, looked=False, floor=floor)
+            elif SHARE_READS:  # asyncio: concurrent lookups of a key share one GET (Reads)
+                entry = await self._entry_reads.read(ckey, self._cache_call, self.cache.get, ckey)
             else:
                 entry = await self._cache_call(self.cache.get, ckey)
         if entry is not _MISSING and self._current(entry):

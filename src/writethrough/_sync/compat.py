@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 Semaphore = threading.BoundedSemaphore
+SHARE_READS = False  # threads call the cache each (see Reads)
 sleep = time.sleep
 
 
@@ -128,6 +129,18 @@ class Flights:
     def wait(self, flight: KeyFlight, timeout: float) -> Any:
         """The leader's result, or None (failed, or not within ``timeout``)."""
         return flight.future.result(timeout)[1]
+
+
+class Reads:
+    """The asyncio side shares one cache call among concurrent readers of a key; threads
+    call the cache each (a lock on every hit would cost more than the herd of threads
+    saves: their herd waits on the lease holder's load, see :class:`Flights`)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def read(self, key: str, call: Callable[..., Any], *args: Any) -> Any:
+        return call(*args)
 
 
 class KeyFlight:
