@@ -4,6 +4,7 @@ the herd of 1,000 tasks on one cold key."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -71,6 +72,14 @@ async def _async_get_hit(
 
         contenders["raw redis.asyncio"] = raw_get
         contenders["writethrough"] = lambda: store.get("user:42")
+        # 64 keys, read in turn: readers of one key share a GET (compat.Reads), readers of
+        # different keys do not; this contender shows the per-call cost without sharing.
+        keys64 = [f"user:{i}" for i in range(64)]
+        for k in keys64:
+            await store.put(k, PROFILE)
+            await store.get(k)
+        turn = itertools.count()
+        contenders["writethrough, 64 keys"] = lambda: store.get(keys64[next(turn) % 64])
         if (note := missing("cashews")) is None:
             cashews = cashews_cache(ctx.redis_url)
             ckey = f"bench:{ctx.run_id}:cashews:user:42"
@@ -125,9 +134,14 @@ async def _async_get_hit(
     )
     detail = (
         f"{ops:,} gets per point, {reps} repetitions, contenders interleaved; "
-        f"at 1 task: {one_task}; writethrough cache read failures: {failures}."
+        f"at 1 task: {one_task}; writethrough cache read failures: {failures}. "
+        "'writethrough' reads one key from every task: concurrent readers of a key share "
+        "one GET (sent after they all began), so its figure counts gets, not GETs; "
+        "'writethrough, 64 keys' reads 64 keys in turn: the cost per GET."
     )
-    return Row(key, path, base, measures, goal, _verdict(measures[0], 0.97, True), detail), curves
+    # The goal is about the cost per GET: judged on the 64-key contender (no sharing).
+    judged = next(m for m in measures if m.name == "writethrough, 64 keys")
+    return Row(key, path, base, measures, goal, _verdict(judged, 0.97, True), detail), curves
 
 
 # -- herd, asyncio ------------------------------------------------------------------------
