@@ -459,3 +459,161 @@ def test_a_shared_hit_read_that_fails_counts_once_and_its_readers_read_the_db(
         await writer.close()
 
     asyncio.run(main())
+
+
+# -- found by review of the shared reads: each failed before its fix --------------------
+
+
+def _plain_store(tmp_path: Path, cache: Any, worker: bool = False, **settings: Any) -> Any:
+    from writethrough._async.store import AsyncStore
+    from writethrough.core import Settings
+    from writethrough.sources import open_async_source
+
+    return AsyncStore(open_async_source(f"sqlite:///{tmp_path}/r.db", namespace="r"), cache,
+                      namespace="r", settings=Settings(**settings), repair_worker=worker)
+
+
+def test_a_shared_read_uses_the_epoch_known_when_it_is_made(tmp_path: Path) -> None:
+    """A reader that begins after this process learned a new database epoch never gets a
+    value of the old one from a shared read another reader set up before."""
+    import sqlite3
+
+    class Gated(HitGated):
+        async def get_hit(self, key: str, floor: int, ceiling: int) -> Any:
+            self.seen.append(floor)
+            found = await super().get_hit(key, floor, ceiling)
+            if found is not None and found.kind is Kind.VALUE and floor <= found.version < ceiling:
+                return found.payload  # as the Redis backend answers a current value
+            return found
+
+    async def main() -> None:
+        shared = MemoryCache()
+        gated = Gated(shared)
+        gated.seen = []  # type: ignore[attr-defined]
+        reader, writer = _plain_store(tmp_path, gated), _plain_store(tmp_path, AsyncMemoryCache(shared))
+        await reader.open()
+        await writer.open()
+        await writer.put("k", "v1")
+        await writer.put("k", "v2-lost")
+        con = sqlite3.connect(tmp_path / "r.db")  # the database restored to before v2
+        table = reader.source.inner.table
+        con.execute(f"UPDATE {table} SET value = ?, version = 1 WHERE key = 'k'", (b'"v1"',))
+        con.commit()
+        con.close()
+        gated.armed = True
+        first = asyncio.create_task(reader.get("k"))
+        await asyncio.wait_for(gated.applied.wait(), 5)
+        early = asyncio.create_task(reader.get("k"))  # sets up the next, shared read
+        await asyncio.sleep(0)
+        await reader.source.bump_epoch("restored", everything=True)
+        await reader._check_epoch()  # what the repair worker does
+        late = asyncio.create_task(reader.get("k"))  # began after the new epoch was known
+        await asyncio.sleep(0.01)
+        gated.reply.set()
+        await first
+        assert await early == "v1"
+        assert await late == "v1", "a value of the old epoch"
+        await reader.close()
+        await writer.close()
+
+    asyncio.run(main())
+
+
+def test_a_shared_read_cancelled_before_it_starts_leaves_no_reader_waiting(tmp_path: Path) -> None:
+    class Slow(AsyncMemoryCache):
+        async def get(self, key: str) -> Any:
+            await asyncio.sleep(0.02)
+            return await super().get(key)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: Any, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+            if "_hit_read" in getattr(coro, "__qualname__", "") or \
+                    "_cache_call" in getattr(coro, "__qualname__", ""):
+                task.cancel()  # a sweep cancelling tasks of this loop iteration
+            return task
+
+        store = _plain_store(tmp_path, Slow(MemoryCache()))
+        await store.open()
+        await store.put("k", 1)
+        assert await store.get("k") == 1
+        loop.set_task_factory(factory)  # type: ignore[arg-type]
+        first = asyncio.create_task(store.get("k"))
+        await asyncio.sleep(0.005)
+        waiter = asyncio.create_task(store.get("k"))
+        assert await first == 1
+        loop.set_task_factory(None)
+        assert await asyncio.wait_for(waiter, 2) == 1, "the waiter of a cancelled read hung"
+        assert await asyncio.wait_for(store.get("k"), 2) == 1, "a later reader hung"
+        assert len(store._reads) == 0 and len(store._entry_reads) == 0
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_waiters_of_a_failed_read_go_to_the_db_without_a_second_timeout(tmp_path: Path) -> None:
+    from writethrough.errors import CacheUnavailable
+
+    class Down(AsyncMemoryCache):
+        down, calls = False, 0
+
+        async def get(self, key: str) -> Any:
+            if self.down:
+                self.calls += 1
+                await asyncio.sleep(0.3)
+                raise CacheUnavailable("timeout")
+            return await super().get(key)
+
+    async def main() -> None:
+        cache = Down(MemoryCache())
+        store = _plain_store(tmp_path, cache, breaker_threshold=1, breaker_reset=5.0)
+        await store.open()
+        await store.put("k", 1)
+        assert await store.get("k") == 1
+        cache.down = True
+        first = asyncio.create_task(store.get("k"))
+        await asyncio.sleep(0.01)
+        started = asyncio.get_running_loop().time()
+        others = await asyncio.gather(*(store.get("k") for _ in range(20)))
+        took = asyncio.get_running_loop().time() - started
+        assert await first == 1 and others == [1] * 20
+        assert cache.calls == 1, "no read made for the waiters after the one that failed"
+        assert took < 0.55, f"waiters waited {took:.2f} s: a second timeout"
+        assert store.stats.cache_read_failures == 1
+        await store.close()
+
+    asyncio.run(main())
+
+
+def test_followers_of_a_slow_load_each_wait_their_own_lease_ttl(tmp_path: Path) -> None:
+    """One timer per load, but each follower's deadline is its own: a follower that came
+    late still gets the leader's load instead of reading the DB itself."""
+    async def main() -> None:
+        store = _plain_store(tmp_path, AsyncMemoryCache(MemoryCache()), True, lease_ttl=0.4,
+                             strategy="invalidate")  # the worker renews the slow load's lease
+        await store.open()
+        await store.put("k", 1)
+        store._invalidated.clear()
+        read = store.source.read
+
+        async def slow_read(key: str) -> Any:
+            await asyncio.sleep(0.6)
+            return await read(key)
+
+        store.source.read = slow_read  # type: ignore[method-assign]
+
+        async def reader(delay: float) -> Any:
+            await asyncio.sleep(delay)
+            return await store.get("k")
+
+        reads0 = store.stats.source_reads
+        got = await asyncio.gather(*(reader(d) for d in (0.0, 0.05, 0.3, 0.5, 0.55)))
+        assert got == [1] * 5
+        assert store.stats.source_reads - reads0 <= 2, "late followers read the DB themselves"
+        assert store.stats.flight_joins >= 3
+        assert len(store.flights) == 0, "a timer or a future left behind"
+        await store.close()
+
+    asyncio.run(main())

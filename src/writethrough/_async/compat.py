@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from asyncio import CancelledError
+import contextvars
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
@@ -44,18 +44,19 @@ class Flights:
     Keyed by lease token: a reader that sees a lease of this process in the
     cache awaits its result instead of polling the cache or querying the DB.
     Each follower waits on a future of its own (a cancelled follower cancels only
-    its own), with one timer per load: a herd of 1,000 tasks on a key costs one
-    wake-up each when the load ends.
+    its own) until its own deadline, kept by one timer per load: a herd of 1,000
+    tasks on a key costs one wake-up each when the load ends.
     """
 
     def __init__(self) -> None:
-        # token -> the followers' futures, each resolved with (delivered, result)
-        self._futures: dict[bytes, list[asyncio.Future[tuple[bool, Any]]]] = {}
-        self._timed: set[bytes] = set()  # tokens whose followers' timer is set
+        # token -> the followers' (deadline, future) in arrival order, each future
+        # resolved with (delivered, result)
+        self._futures: dict[bytes, list[tuple[float, asyncio.Future[tuple[bool, Any]]]]] = {}
+        self._timers: dict[bytes, asyncio.TimerHandle] = {}  # token -> its followers' timer
         self.keys: dict[str, KeyFlight] = {}
 
     def __len__(self) -> int:
-        return len(self._futures) + len(self.keys)
+        return len(self._futures) + len(self.keys) + len(self._timers)
 
     def lead(self, token: bytes) -> None:
         self._futures[token] = []
@@ -67,28 +68,41 @@ class Flights:
         self._settle(token, (False, None))
 
     def _settle(self, token: bytes, outcome: tuple[bool, Any]) -> None:
-        self._timed.discard(token)
-        for waiter in self._futures.pop(token, ()):
+        timer = self._timers.pop(token, None)
+        if timer is not None:
+            timer.cancel()
+        for _, waiter in self._futures.pop(token, ()):
             if not waiter.done():  # not cancelled
                 waiter.set_result(outcome)
 
     async def follow(self, token: bytes, timeout: float) -> tuple[bool, Any]:
-        """(True, result) if a local leader delivered in time, else (False, None).
-        The time counts from the load's first follower."""
+        """(True, result) if a local leader delivered within ``timeout``, else (False, None)."""
         waiters = self._futures.get(token)
         if waiters is None:
             return False, None
         loop = asyncio.get_running_loop()
-        if token not in self._timed:
-            self._timed.add(token)
-            loop.call_later(timeout, self._expire, token, waiters)
+        deadline = loop.time() + timeout
         waiter: asyncio.Future[tuple[bool, Any]] = loop.create_future()
-        waiters.append(waiter)
+        waiters.append((deadline, waiter))
+        if token not in self._timers:
+            self._timers[token] = loop.call_at(deadline, self._expire, token)
         return await waiter
 
-    def _expire(self, token: bytes, waiters: list[asyncio.Future[tuple[bool, Any]]]) -> None:
-        if self._futures.get(token) is waiters:  # the leader still loads: stop waiting
-            self._settle(token, (False, None))
+    def _expire(self, token: bytes) -> None:
+        """The earliest follower's deadline passed: release those whose did; the leader
+        still loads for the others (and for followers still to come)."""
+        self._timers.pop(token, None)
+        waiters = self._futures.get(token)
+        if not waiters:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        while waiters and (waiters[0][0] <= now + 0.001 or waiters[0][1].done()):
+            _, waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result((False, None))
+        if waiters:  # deadlines grow with arrival: the next one is the first left
+            self._timers[token] = loop.call_at(waiters[0][0], self._expire, token)
 
     # -- by key: readers of one key that have not looked it up yet --------------------
 
@@ -135,28 +149,35 @@ class Reads:
     gets an answer the cache gave after the reader began (a reply to a call sent before
     it began could predate a write acknowledged in between). At most one call per key is
     in flight; 1,000 tasks missing one cold key make two GETs, not 1,000.
-    Calls that fail are the callers' to account for (the store's ``_cache_call``
-    counts a failure once and answers for it): a shared call is accounted once.
+
+    Calls account for themselves (the store's wrappers count a failure once and answer
+    ``failed``, the store's "the cache did not answer": read the database). Waiters get
+    ``failed`` without a call when the call before theirs failed (no second timeout in
+    an outage), and when their call was cancelled (a shutdown): reading the database is
+    always right. The call runs in a context of its own (not the first waiter's).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, failed: Any) -> None:
         # key -> None (a call in flight, nobody waits for the next) or the next call's
         # waiters and the call to make
-        self._keys: dict[str, tuple[list[asyncio.Future[Any]], Callable[[], Awaitable[Any]]] | None] = {}
+        self._keys: dict[str, tuple[list[asyncio.Future[Any]], Callable[[], Coroutine[Any, Any, Any]]] | None] = {}
+        self._failed = failed
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    async def read(self, key: str, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def read(self, key: str, call: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
         """``await call(*args)``, or the answer of the next such call, made for all readers
         of ``key`` that wait for it (its exception, if it raised)."""
         keys = self._keys
-        if key not in keys:  # nobody reads it: call now (the caller accounts)
+        if key not in keys:  # nobody reads it: call now
             keys[key] = None
+            result = self._failed
             try:
-                return await call(*args)
+                result = await call(*args)
+                return result
             finally:
-                self._next(key)
+                self._next(key, result is self._failed)
         batch = keys[key]
         if batch is None:
             batch = keys[key] = ([], partial(call, *args))
@@ -164,35 +185,43 @@ class Reads:
         batch[0].append(waiter)  # its own future: a cancelled reader cancels only it
         return await waiter
 
-    def _next(self, key: str) -> None:
-        """The call of ``key`` returned: send the one its waiters wait for, if any."""
+    def _next(self, key: str, failed: bool) -> None:
+        """The call of ``key`` returned: make the one its waiters wait for, if any (none
+        if this one failed: they read the database)."""
         batch = self._keys.pop(key, None)
         if batch is None:
             return
+        waiters, call = batch
+        if failed:
+            _resolve(waiters, self._failed)
+            return
         self._keys[key] = None  # in flight from now: later readers wait for the next one
-        task = asyncio.get_running_loop().create_task(self._send(key, *batch))
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(
+            call(), context=contextvars.Context())
         _background.add(task)
-        task.add_done_callback(_background.discard)
+        # A callback, not a finally: it runs even if the task is cancelled before it starts.
+        task.add_done_callback(partial(self._done, key, waiters))
 
-    async def _send(self, key: str, waiters: list[asyncio.Future[Any]],
-                    call: Callable[[], Awaitable[Any]]) -> None:
-        try:
-            result = await call()
-        except BaseException as exc:  # every waiter gets it (cancelled: they are too)
+    def _done(self, key: str, waiters: list[asyncio.Future[Any]], task: asyncio.Task[Any]) -> None:
+        _background.discard(task)
+        failed = True
+        if task.cancelled():
+            _resolve(waiters, self._failed)
+        elif (exc := task.exception()) is not None:
             for waiter in waiters:
                 if not waiter.done():
-                    if isinstance(exc, CancelledError):
-                        waiter.cancel()
-                    else:
-                        waiter.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise  # cancelled, interrupted: not this task's to swallow
+                    waiter.set_exception(exc)
         else:
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(result)
-        finally:
-            self._next(key)
+            result = task.result()
+            failed = result is self._failed
+            _resolve(waiters, result)
+        self._next(key, failed)
+
+
+def _resolve(waiters: list[asyncio.Future[Any]], result: Any) -> None:
+    for waiter in waiters:
+        if not waiter.done():  # not cancelled
+            waiter.set_result(result)
 
 
 class KeyFlight:

@@ -136,6 +136,9 @@ class Reads:
     call the cache each (a lock on every hit would cost more than the herd of threads
     saves: their herd waits on the lease holder's load, see :class:`Flights`)."""
 
+    def __init__(self, failed: Any) -> None:
+        self._failed = failed
+
     def __len__(self) -> int:
         return 0
 

@@ -104,8 +104,9 @@ class Store:
             self.settings.breaker_threshold, self.settings.breaker_reset, clock=clock
         )
         self.flights = Flights()
-        self._reads = Reads()  # hit-path reads (get_hit's answers)
-        self._entry_reads = Reads()  # lookups' reads (entries)
+        self._reads = Reads(_MISSING)  # hit-path reads (get_hit's answers)
+        self._entry_reads = Reads(_MISSING)  # lookups' reads (entries)
+        self._share_reads = False  # set with the cache's hit method (_hit_method)
         self._prefix = f"wt:{namespace}:"
         self._pending = self.repairs.pending  # key -> Repair, read on the hot path
         # Nothing older than a floor can land after this: fills read the DB after their
@@ -212,12 +213,8 @@ class Store:
             cache = self.cache
             get_hit = self._get_hit if cache is self._hit_cache else self._hit_method(cache)
             ckey = self._prefix + key
-            if SHARE_READS:  # asyncio: concurrent readers of a key share one call (Reads)
-                if get_hit is not None:  # the payload of a current value, else the entry
-                    entry = self._reads.read(
-                        ckey, self._cache_call, get_hit, ckey, self._epoch_floor, self._epoch_ceiling)
-                else:
-                    entry = self._reads.read(ckey, self._cache_call, cache.get, ckey)
+            if self._share_reads:  # asyncio: concurrent readers of a key share one call
+                entry = self._reads.read(ckey, self._hit_read, get_hit, ckey)
             else:
                 try:
                     if get_hit is not None:  # the payload of a current value, else the entry
@@ -269,7 +266,30 @@ class Store:
         # the inner cache's method and skip the wrapper.
         found = getattr(type(cache), "get_hit", None)
         self._hit_cache, self._get_hit = cache, None if found is None else cache.get_hit  # type: ignore[attr-defined]
+        # An instrumented cache traces each reader's call: no sharing there.
+        self._share_reads = SHARE_READS and getattr(type(cache), "shares_reads", True)
         return self._get_hit
+
+    def _hit_read(self, get_hit: Any, ckey: str) -> Any:
+        """The hit path's cache call (shared among readers, compat.Reads): the epoch
+        bounds of when it is made (every reader sharing it began before), each outcome
+        counted once; ``_MISSING`` if the cache failed or the breaker opened meanwhile."""
+        if not self.breaker.closed:
+            return _MISSING
+        try:
+            if get_hit is not None:  # the payload of a current value, else the entry
+                entry = get_hit(ckey, self._epoch_floor, self._epoch_ceiling)
+            else:
+                entry = self.cache.get(ckey)
+        except CacheDataError:  # garbage under the key: a miss, counted
+            self.stats.add("cache_data_errors")
+            return None
+        except CacheError:  # counted here; the lookup after reads the DB
+            self.stats.add("cache_read_failures")
+            self.breaker.failure()
+            return _MISSING
+        self.breaker.success()  # the server answered: failures count in a row
+        return entry
 
     def get_versioned(self, key: str) -> Versioned | None:
         """The value and the version it was written at, or None."""
@@ -291,7 +311,7 @@ class Store:
                 entry = _MISSING
             elif lease_first and self._versioned:
                 return self._miss(key, ckey, None, looked=False, floor=floor)
-            elif SHARE_READS:  # asyncio: concurrent lookups of a key share one GET (Reads)
+            elif self._share_reads and self.cache is self._hit_cache:  # one GET, shared
                 entry = self._entry_reads.read(ckey, self._cache_call, self.cache.get, ckey)
             else:
                 entry = self._cache_call(self.cache.get, ckey)

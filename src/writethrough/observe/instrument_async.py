@@ -441,6 +441,8 @@ class AsyncObservedSource:
 class AsyncObservedCache:
     """The store's cache, each call a span under the operation (or its cache step)."""
 
+    shares_reads = False  # the store traces each reader's cache call: none shared
+
     def __init__(self, inner: AsyncCache, owner: AsyncObservedStore) -> None:
         self.inner = inner
         self.name = inner.name

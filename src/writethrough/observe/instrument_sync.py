@@ -442,6 +442,8 @@ class ObservedSource:
 class ObservedCache:
     """The store's cache, each call a span under the operation (or its cache step)."""
 
+    shares_reads = False  # the store traces each reader's cache call: none shared
+
     def __init__(self, inner: Cache, owner: ObservedStore) -> None:
         self.inner = inner
         self.name = inner.name
