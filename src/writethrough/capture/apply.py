@@ -35,6 +35,7 @@ from .versions import cache_version, epoch_floor
 
 MAX_KEY_BYTES = 1024  # the store's default: a longer key could never be read back
 UNREACHABLE_LIMIT = 3  # writes failed unreachable while none landed: the cache is down
+PIPELINE = 500  # conditional writes per round trip (a pipeline of scripts)
 _SETTLE = (0.001, 0.004, 0.016, 0.064, 0.2)  # waits for a commit to be visible (settle())
 
 
@@ -90,6 +91,18 @@ class Failed:
     def unreachable(self) -> bool:
         """The cache (or this key's shard) did not answer, as opposed to refusing the key."""
         return isinstance(self.error, CacheUnavailable | CacheTimeout)
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One conditional cache write of a batch (``version``: the row's)."""
+
+    key: str
+    change: KeyChange
+    kind: Kind
+    version: int
+    payload: bytes = b""
+    token: bytes | None = None
 
 
 class Interrupted(Exception):
@@ -175,11 +188,13 @@ class _Writer:
     def invalidate(self, changes: dict[str, KeyChange]) -> None:
         unknown = [key for key, change in changes.items() if change.version is None]
         found = self.rows.versions(unknown) if unknown else {}
+        writes: list[_Write] = []
         for key, change in changes.items():
             version = change.version
             if version is None:
                 version = found.get(key) or self.floor()
-            self.write(key, change, Kind.TOMBSTONE, version)
+            writes.append(_Write(key, change, Kind.TOMBSTONE, version))
+        self.send(writes)
 
     def write_through(self, changes: dict[str, KeyChange]) -> None:
         """The row's value at the row's version. Onto a key the cache does not hold, the
@@ -190,19 +205,21 @@ class _Writer:
             self.floor()  # before the rows: a row not there yet was drawn above it, mostly
         found = self.rows.rows(list(least))
         self.settle(changes, least, found)
-        leased: dict[str, tuple[bytes, int]] = {}
+        writes: list[_Write] = []
         for key, change in changes.items():
             row = found.get(key)
             if row is None or row[0] < least[key]:
                 # Gone (or re-inserted below the delete: a version drawn before the
                 # delete committed): a tombstone is always safe.
                 version = least[key] if change.version is not None else self.floor()
-                self.write(key, change, Kind.TOMBSTONE, version)
+                writes.append(_Write(key, change, Kind.TOMBSTONE, version))
                 continue
             token = os.urandom(8) if self.space.on_empty == "lease" else None
-            if self.write(key, change, Kind.VALUE, row[0], row[1], token) is \
-                    WriteOutcome.LEASED and token is not None:
-                leased[key] = (token, row[0])
+            writes.append(_Write(key, change, Kind.VALUE, row[0], row[1], token))
+        leased: dict[str, tuple[bytes, int]] = {}
+        for write, outcome in zip(writes, self.send(writes), strict=True):
+            if outcome is WriteOutcome.LEASED and write.token is not None:
+                leased[write.key] = (write.token, write.version)
         if leased:
             self.fill(changes, leased)
 
@@ -210,6 +227,7 @@ class _Writer:
              ) -> None:
         again = self.rows.rows(list(leased))
         space, applier = self.space, self.applier
+        fills: list[tuple[str, bytes, Entry, float]] = []
         for key, (token, version) in leased.items():
             row = again.get(key)
             if row is None:  # deleted meanwhile: its own change follows
@@ -218,17 +236,35 @@ class _Writer:
             else:
                 entry = Entry.value(cache_version(self.epoch, row[0]), row[1])
                 ttl = space.ttl * (1.0 - space.ttl_jitter * applier._random())
+            fills.append((key, token, entry, ttl))
+        many = getattr(applier.cache, "fill_many", None)
+        floor = epoch_floor(self.epoch)
+        for start in range(0, len(fills), PIPELINE):
+            chunk = fills[start:start + PIPELINE]
+            results: list[bool | CacheError]
             try:
-                filled = applier.cache.fill(cache_key(space.namespace, key), token, entry,
-                                            ttl=ttl, floor=epoch_floor(self.epoch))
+                if many is not None:
+                    results = many([(cache_key(space.namespace, k), t, e, ttl)
+                                    for k, t, e, ttl in chunk], floor=floor)
+                else:
+                    results = [self._fill_one(k, t, e, ttl) for k, t, e, ttl in chunk]
             except CacheError as exc:
-                applier.stats.cache_errors += 1
-                self.failed.append(Failed(key, changes[key], exc))
-                continue
-            if filled:
-                applier.stats.values += 1
-            else:
-                applier.stats.rechecked += 1  # a newer write took the key: it is current
+                results = [exc] * len(chunk)
+            for (key, _, _, _), filled in zip(chunk, results, strict=True):
+                if isinstance(filled, CacheError):
+                    applier.stats.cache_errors += 1
+                    self.failed.append(Failed(key, changes[key], filled))
+                elif filled:
+                    applier.stats.values += 1
+                else:
+                    applier.stats.rechecked += 1  # a newer write took the key: it is current
+
+    def _fill_one(self, key: str, token: bytes, entry: Entry, ttl: float) -> bool | CacheError:
+        try:
+            return bool(self.applier.cache.fill(cache_key(self.space.namespace, key), token,
+                                                entry, ttl=ttl, floor=epoch_floor(self.epoch)))
+        except CacheError as exc:
+            return exc
 
     def settle(self, changes: dict[str, KeyChange], least: dict[str, int],
                found: dict[str, tuple[int, bytes]]) -> None:
@@ -247,32 +283,59 @@ class _Writer:
                 found.pop(key, None)
             found.update(again)
 
-    def write(self, key: str, change: KeyChange, kind: Kind, row_version: int,
-              payload: bytes = b"", token: bytes | None = None) -> WriteOutcome | None:
-        space, stats = self.space, self.applier.stats
-        if self.applier.stopping():
-            raise Interrupted
-        ttl = space.ttl * (1.0 - space.ttl_jitter * self.applier._random())
+    def send(self, writes: list[_Write]) -> list[WriteOutcome | None]:
+        """Each write, conditional on its version; its outcome (None: failed, recorded in
+        ``failed``). A backend with ``write_many`` gets them as pipelines of
+        :data:`PIPELINE` scripts (one round trip each, every key decided on its own),
+        else one call per key."""
+        many = getattr(self.applier.cache, "write_many", None)
+        outcomes: list[WriteOutcome | None] = []
+        for start in range(0, len(writes), PIPELINE if many is not None else 1):
+            if self.applier.stopping():
+                raise Interrupted
+            chunk = writes[start:start + PIPELINE] if many is not None else writes[start:start + 1]
+            outcomes += self._send_chunk(chunk, many)
+        return outcomes
+
+    def _send_chunk(self, chunk: list[_Write],
+                    many: Callable[..., list[WriteOutcome | CacheError]] | None
+                    ) -> list[WriteOutcome | None]:
+        space, applier = self.space, self.applier
+        floor, key_of = epoch_floor(self.epoch), space.namespace
+        ttls = [space.ttl * (1.0 - space.ttl_jitter * applier._random()) for _ in chunk]
+        results: list[WriteOutcome | CacheError]
         try:
-            outcome = self.applier.cache.write(
-                cache_key(space.namespace, key), kind, cache_version(self.epoch, row_version),
-                payload, ttl=ttl, tombstone_ttl=space.tombstone_seconds, token=token,
-                floor=epoch_floor(self.epoch))
-        except CacheError as exc:
+            if many is not None:
+                results = many(
+                    [(cache_key(key_of, w.key), w.kind, cache_version(self.epoch, w.version),
+                      w.payload, w.token, ttl) for w, ttl in zip(chunk, ttls, strict=True)],
+                    tombstone_ttl=space.tombstone_seconds, floor=floor)
+            else:
+                w = chunk[0]
+                results = [applier.cache.write(
+                    cache_key(key_of, w.key), w.kind, cache_version(self.epoch, w.version),
+                    w.payload, ttl=ttls[0], tombstone_ttl=space.tombstone_seconds,
+                    token=w.token, floor=floor)]
+        except CacheError as exc:  # the whole call: every write of it failed
+            results = [exc] * len(chunk)
+        return [self._account(w, r) for w, r in zip(chunk, results, strict=True)]
+
+    def _account(self, w: _Write, result: WriteOutcome | CacheError) -> WriteOutcome | None:
+        stats, applier = self.applier.stats, self.applier
+        if isinstance(result, CacheError):
             stats.cache_errors += 1
-            failure = Failed(key, change, exc)
+            failure = Failed(w.key, w.change, result)
             self.failed.append(failure)
             if failure.unreachable:
-                self.applier.unreachable += 1
-                if (self.applier.landed == 0
-                        and self.applier.unreachable >= UNREACHABLE_LIMIT):
-                    raise CacheUnavailable(f"the cache does not answer: {exc}") from exc
+                applier.unreachable += 1
+                if applier.landed == 0 and applier.unreachable >= UNREACHABLE_LIMIT:
+                    raise CacheUnavailable(f"the cache does not answer: {result}") from result
             return None
-        self.applier.landed += 1
-        if outcome is WriteOutcome.STORED_VALUE:
+        applier.landed += 1
+        if result is WriteOutcome.STORED_VALUE:
             stats.values += 1
-        elif outcome is WriteOutcome.STORED_TOMBSTONE:
+        elif result is WriteOutcome.STORED_TOMBSTONE:
             stats.tombstones += 1
-        elif outcome is not WriteOutcome.LEASED:
+        elif result is not WriteOutcome.LEASED:
             stats.superseded += 1
-        return outcome
+        return result
