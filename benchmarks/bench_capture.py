@@ -111,11 +111,13 @@ class Bench:
             except Exception:
                 time.sleep(0.1)
 
-    def listener(self, mode: str, **options: Any) -> LogicalListener | TriggerListener:
+    def listener(self, mode: str, cache: Any = None, **options: Any
+                 ) -> LogicalListener | TriggerListener:
         spaces = {"bench": Keyspace("bench", TABLE, "id", "write-through")}
+        target = self.cache if cache is None else cache
         if mode == "logical":
-            return LogicalListener(self.pg, self.cache, spaces, group=GROUP, **options)
-        return TriggerListener(self.pg, self.cache, spaces, poll_interval=0.05, **options)
+            return LogicalListener(self.pg, target, spaces, group=GROUP, **options)
+        return TriggerListener(self.pg, target, spaces, poll_interval=0.05, **options)
 
     def run_pgbench(self, seconds: float, *, rate: int | None = None, clients: int = 8,
                     scripts: str = "mix") -> float:
@@ -261,29 +263,46 @@ def measure_lag(b: Bench, seconds: float) -> None:
                   f"{lag.p99 * 1000:>9.1f}{lag.max * 1000:>9.1f}{lag.count:>9,}")
 
 
+class OneByOne:
+    """The cache without its pipelined forms: the listener writes key by key (as before
+    the pipelines), for the side-by-side catch-up."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("write_many", "fill_many"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 def measure_catchup(b: Bench, stopped: float) -> None:
     print(f"\ncatch-up after the listener was stopped for {stopped:.0f} s at 1,000 changes/s")
-    print(f"{'capture':<12}{'backlog':>10}{'seconds':>10}{'changes/s':>11}")
+    print(f"{'capture':<12}{'writes':<20}{'backlog':>10}{'seconds':>10}{'changes/s':>11}")
     for mode in ("logical", "triggers"):
-        b.reset(mode)
-        b.listener(mode).close()  # the slot exists: changes from now on are kept
-        b.run_pgbench(stopped, rate=1000, clients=4, scripts="update")
-        listener = b.listener(mode, batch_size=1000)
-        started = time.monotonic()
-        if mode == "logical":
-            with running(listener):
-                while backlog(b, mode, listener) > 64 * 1024 or listener.stats.applied == 0:
-                    time.sleep(0.05)
-                    if time.monotonic() - started > 600:
-                        break
+        for writes in ("pipelined", "one call per key"):
+            cache = open_cache(b.cache) if writes != "pipelined" else None
+            b.reset(mode)
+            b.listener(mode).close()  # the slot exists: changes from now on are kept
+            b.run_pgbench(stopped, rate=1000, clients=4, scripts="update")
+            listener = b.listener(mode, OneByOne(cache) if cache else None, batch_size=1000)
+            started = time.monotonic()
+            if mode == "logical":
+                with running(listener):
+                    while backlog(b, mode, listener) > 64 * 1024 or listener.stats.applied == 0:
+                        time.sleep(0.05)
+                        if time.monotonic() - started > 600:
+                            break
+                    took = time.monotonic() - started
+                    applied = listener.stats.applied
+            else:
+                assert isinstance(listener, TriggerListener)
+                applied = listener.drain_once()
                 took = time.monotonic() - started
-                applied = listener.stats.applied
-        else:
-            assert isinstance(listener, TriggerListener)
-            applied = listener.drain_once()
-            took = time.monotonic() - started
-            listener.close()
-        print(f"{mode:<12}{applied:>10,}{took:>10.1f}{applied / took:>11,.0f}")
+                listener.close()
+            if cache is not None:
+                cache.close()
+            print(f"{mode:<12}{writes:<20}{applied:>10,}{took:>10.1f}{applied / took:>11,.0f}")
 
 
 def measure_race(b: Bench, seconds: float) -> None:

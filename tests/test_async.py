@@ -400,21 +400,28 @@ def _hit_stores(tmp_path: Path, shared: MemoryCache, cache: Any) -> tuple[Any, A
     return store(cache), store(AsyncMemoryCache(shared))
 
 
+async def _first_read_in_flight(tmp_path: Path) -> tuple[HitGated, Any, Any, asyncio.Task[Any]]:
+    """A reader store whose first get of k (v1 in the cache) met v1 and whose reply is
+    held back (``reply``), a writer store on the same cache, and that first get."""
+    shared = MemoryCache()
+    gated = HitGated(shared)
+    reader, writer = _hit_stores(tmp_path, shared, gated)
+    await reader.open()
+    await writer.open()
+    await writer.put("k", 1)
+    gated.armed = True
+    first = asyncio.create_task(reader.get("k"))
+    await asyncio.wait_for(gated.applied.wait(), 5)  # the first read met v1; its reply is late
+    return gated, reader, writer, first
+
+
 def test_readers_share_a_hit_read_only_if_it_was_sent_after_they_began(tmp_path: Path) -> None:
     """Concurrent readers of a key share one cache read (1,000 readers, 2 reads), but a
     reader never takes the answer of a read sent before it began: here the first read
     met v1, a write of v2 was acknowledged before its reply arrived, and a reader that
     began after that acknowledgement reads v2 (from the next read, made for it)."""
     async def main() -> None:
-        shared = MemoryCache()
-        gated = HitGated(shared)
-        reader, writer = _hit_stores(tmp_path, shared, gated)
-        await reader.open()
-        await writer.open()
-        await writer.put("k", 1)
-        gated.armed = True
-        first = asyncio.create_task(reader.get("k"))
-        await asyncio.wait_for(gated.applied.wait(), 5)  # the first read met v1; its reply is late
+        gated, reader, writer, first = await _first_read_in_flight(tmp_path)
         assert (await writer.put("k", 2)).cache is CacheOutcome.UPDATED
         later = [asyncio.create_task(reader.get("k")) for _ in range(999)]
         await asyncio.sleep(0.01)
@@ -433,15 +440,7 @@ def test_readers_share_a_hit_read_only_if_it_was_sent_after_they_began(tmp_path:
 def test_a_shared_hit_read_that_fails_counts_once_and_its_readers_read_the_db(
         tmp_path: Path) -> None:
     async def main() -> None:
-        shared = MemoryCache()
-        gated = HitGated(shared)
-        reader, writer = _hit_stores(tmp_path, shared, gated)
-        await reader.open()
-        await writer.open()
-        await writer.put("k", 1)
-        gated.armed = True
-        first = asyncio.create_task(reader.get("k"))
-        await asyncio.wait_for(gated.applied.wait(), 5)
+        gated, reader, writer, first = await _first_read_in_flight(tmp_path)
         later = [asyncio.create_task(reader.get("k")) for _ in range(50)]
         cancelled = asyncio.create_task(reader.get("k"))
         await asyncio.sleep(0.01)

@@ -215,20 +215,7 @@ class AsyncStore:
             if self._share_reads:  # asyncio: concurrent readers of a key share one call
                 entry = await self._reads.read(ckey, self._hit_read, get_hit, ckey)
             else:
-                try:
-                    if get_hit is not None:  # the payload of a current value, else the entry
-                        entry = await get_hit(ckey, self._epoch_floor, self._epoch_ceiling)
-                    else:
-                        entry = await cache.get(ckey)
-                except CacheDataError:  # garbage under the key: a miss, counted
-                    self.stats.add("cache_data_errors")
-                    entry = None
-                except CacheError:  # counted here; the lookup below reads the DB
-                    self.stats.add("cache_read_failures")
-                    self.breaker.failure()
-                    entry = _MISSING
-                else:
-                    self.breaker.success()  # the server answered: failures count in a row
+                entry = await self._hit_read(get_hit, ckey)
             if entry.__class__ is bytes:
                 try:
                     value = self._loads(entry)
@@ -270,9 +257,10 @@ class AsyncStore:
         return self._get_hit
 
     async def _hit_read(self, get_hit: Any, ckey: str) -> Any:
-        """The hit path's cache call (shared among readers, compat.Reads): the epoch
-        bounds of when it is made (every reader sharing it began before), each outcome
-        counted once; ``_MISSING`` if the cache failed or the breaker opened meanwhile."""
+        """The hit path's cache call (on asyncio shared among readers, compat.Reads): the
+        epoch bounds of when it is made (every reader sharing it began before), its
+        outcome counted once; ``_MISSING`` if the cache failed or the breaker opened
+        meanwhile. No context manager: this is the hit path."""
         if not self.breaker.closed:
             return _MISSING
         try:
