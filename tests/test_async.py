@@ -616,3 +616,32 @@ def test_followers_of_a_slow_load_each_wait_their_own_lease_ttl(tmp_path: Path) 
         await store.close()
 
     asyncio.run(main())
+
+
+def test_a_herd_on_a_key_this_process_wrote_shares_its_gets(tmp_path: Path) -> None:
+    """After this process's own put the key has a read floor, so its readers skip the hit
+    path; their lookups still share GETs (a review of the sharing found them making one
+    GET each: 1,000 tasks, p99 150-460 ms instead of ~35)."""
+    class Counting(AsyncMemoryCache):
+        gets = 0
+
+        async def get(self, key: str) -> Any:
+            self.gets += 1
+            await asyncio.sleep(0.002)  # a round trip: readers overlap
+            return await super().get(key)
+
+    async def main() -> None:
+        cache = Counting(MemoryCache())
+        store = _plain_store(tmp_path, cache)
+        await store.open()
+        await store.put("k", 1)
+        await cache.delete(f"wt:{store.namespace}:k")
+        assert "k" in store._floors
+        source = CountingSource(store.source)
+        store.source = source  # type: ignore[assignment]
+        assert await asyncio.gather(*(store.get("k") for _ in range(500))) == [1] * 500
+        assert source.reads == 1
+        assert cache.gets <= 3, f"{cache.gets} GETs for 500 readers"
+        await store.close()
+
+    asyncio.run(main())

@@ -256,6 +256,12 @@ class AsyncStore:
         self._share_reads = SHARE_READS and getattr(type(cache), "shares_reads", True)
         return self._get_hit
 
+    def _sharing(self) -> bool:
+        """Whether readers of a key share cache calls on ``store.cache`` (see _hit_method)."""
+        if self.cache is not self._hit_cache:
+            self._hit_method(self.cache)
+        return self._share_reads
+
     async def _hit_read(self, get_hit: Any, ckey: str) -> Any:
         """The hit path's cache call (on asyncio shared among readers, compat.Reads): the
         epoch bounds of when it is made (every reader sharing it began before), its
@@ -298,7 +304,7 @@ class AsyncStore:
                 entry = _MISSING
             elif lease_first and self._versioned:
                 return await self._miss(key, ckey, None, looked=False, floor=floor)
-            elif self._share_reads and self.cache is self._hit_cache:  # one GET, shared
+            elif SHARE_READS and self._sharing():  # one GET, shared (compat.Reads)
                 entry = await self._entry_reads.read(ckey, self._cache_call, self.cache.get, ckey)
             else:
                 entry = await self._cache_call(self.cache.get, ckey)
