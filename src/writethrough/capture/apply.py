@@ -241,15 +241,15 @@ class _Writer:
         floor = epoch_floor(self.epoch)
         for start in range(0, len(fills), PIPELINE):
             chunk = fills[start:start + PIPELINE]
-            results: list[bool | CacheError]
-            try:
-                if many is not None:
+            results: list[bool | CacheError] | None = None
+            if many is not None:
+                try:
                     results = many([(cache_key(space.namespace, k), t, e, ttl)
                                     for k, t, e, ttl in chunk], floor=floor)
-                else:
-                    results = [self._fill_one(k, t, e, ttl) for k, t, e, ttl in chunk]
-            except CacheError as exc:
-                results = [exc] * len(chunk)
+                except CacheError:
+                    results = None  # the whole call failed: key by key (see _send_chunk)
+            if results is None:
+                results = [self._fill_one(k, t, e, ttl) for k, t, e, ttl in chunk]
             for (key, _, _, _), filled in zip(chunk, results, strict=True):
                 if isinstance(filled, CacheError):
                     applier.stats.cache_errors += 1
@@ -300,25 +300,37 @@ class _Writer:
     def _send_chunk(self, chunk: list[_Write],
                     many: Callable[..., list[WriteOutcome | CacheError]] | None
                     ) -> list[WriteOutcome | None]:
-        space, applier = self.space, self.applier
+        space = self.space
         floor, key_of = epoch_floor(self.epoch), space.namespace
-        ttls = [space.ttl * (1.0 - space.ttl_jitter * applier._random()) for _ in chunk]
-        results: list[WriteOutcome | CacheError]
-        try:
-            if many is not None:
+        ttls = [space.ttl * (1.0 - space.ttl_jitter * self.applier._random()) for _ in chunk]
+        if many is not None:
+            try:
                 results = many(
                     [(cache_key(key_of, w.key), w.kind, cache_version(self.epoch, w.version),
                       w.payload, w.token, ttl) for w, ttl in zip(chunk, ttls, strict=True)],
                     tombstone_ttl=space.tombstone_seconds, floor=floor)
+            except CacheError:
+                # The whole call failed (a stall, a dropped connection, one cluster shard
+                # down among healthy ones): key by key, so one shard's or one moment's
+                # failure fails only its own keys, as before the pipelines.
+                pass
             else:
-                w = chunk[0]
-                results = [applier.cache.write(
-                    cache_key(key_of, w.key), w.kind, cache_version(self.epoch, w.version),
-                    w.payload, ttl=ttls[0], tombstone_ttl=space.tombstone_seconds,
-                    token=w.token, floor=floor)]
-        except CacheError as exc:  # the whole call: every write of it failed
-            results = [exc] * len(chunk)
-        return [self._account(w, r) for w, r in zip(chunk, results, strict=True)]
+                outcomes: list[WriteOutcome | None] = [None] * len(chunk)
+                # What landed is counted first: a chunk with landed writes is no outage.
+                for i in sorted(range(len(chunk)), key=lambda i: isinstance(results[i], CacheError)):
+                    outcomes[i] = self._account(chunk[i], results[i])
+                return outcomes
+        return [self._account(w, self._write_one(w, ttl)) for w, ttl in zip(chunk, ttls, strict=True)]
+
+    def _write_one(self, w: _Write, ttl: float) -> WriteOutcome | CacheError:
+        try:
+            return self.applier.cache.write(
+                cache_key(self.space.namespace, w.key), w.kind,
+                cache_version(self.epoch, w.version), w.payload, ttl=ttl,
+                tombstone_ttl=self.space.tombstone_seconds, token=w.token,
+                floor=epoch_floor(self.epoch))
+        except CacheError as exc:
+            return exc
 
     def _account(self, w: _Write, result: WriteOutcome | CacheError) -> WriteOutcome | None:
         stats, applier = self.applier.stats, self.applier
