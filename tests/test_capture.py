@@ -476,7 +476,8 @@ def test_a_cache_that_is_down_stops_the_batch_and_loses_nothing(
         faulty.fail("write", CacheUnavailable("injected: cache down"))
         with pytest.raises(CacheUnavailable):
             listener.drain_once()
-        assert faulty.calls["write"] <= 3, "gives up after a few writes, not one per key"
+        # One pipeline, then key by key (one shard may be down): three more, then it stops.
+        assert faulty.calls["write"] <= 4, "gives up after a few writes, not one per key"
         assert not table.sql("SELECT FROM writethrough_parked WHERE namespace = %s",
                              (table.namespace,)), "a cache that is down parks nothing"
         faulty.heal()

@@ -108,12 +108,22 @@ class _Faults:
 
 
 class FaultyCache(_Faults):
-    """A cache wrapper with injectable failures and pauses (ops: get, write, lease, fill, set, delete)."""
+    """A cache wrapper with injectable failures and pauses (ops: get, write, lease, fill, set, delete;
+    a pipeline of writes or fills is one "write" or "fill")."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__()
         self.inner = inner
         self.name = f"faulty-{inner.name}"
+        if hasattr(inner, "write_many"):  # the pipelined forms, faulted as one call each
+            self.write_many = self._write_many
+            self.fill_many = self._fill_many
+
+    def _write_many(self, writes: Any, **kwargs: Any) -> Any:
+        return self.call("write", lambda: self.inner.write_many(writes, **kwargs))
+
+    def _fill_many(self, fills: Any, **kwargs: Any) -> Any:
+        return self.call("fill", lambda: self.inner.fill_many(fills, **kwargs))
 
     def get(self, key: str) -> Entry | None:
         result: Entry | None = self.call("get", lambda: self.inner.get(key))
@@ -173,6 +183,15 @@ class FaultySource(_Faults):
         super().__init__()
         self.inner = inner
         self.name = f"faulty-{inner.name}"
+        if hasattr(inner, "write_many"):  # the pipelined forms, faulted as one call each
+            self.write_many = self._write_many
+            self.fill_many = self._fill_many
+
+    def _write_many(self, writes: Any, **kwargs: Any) -> Any:
+        return self.call("write", lambda: self.inner.write_many(writes, **kwargs))
+
+    def _fill_many(self, fills: Any, **kwargs: Any) -> Any:
+        return self.call("fill", lambda: self.inner.fill_many(fills, **kwargs))
 
     def read(self, key: str) -> Row:
         row: Row = self.call("read", lambda: self.inner.read(key))
