@@ -183,15 +183,6 @@ class FaultySource(_Faults):
         super().__init__()
         self.inner = inner
         self.name = f"faulty-{inner.name}"
-        if hasattr(inner, "write_many"):  # the pipelined forms, faulted as one call each
-            self.write_many = self._write_many
-            self.fill_many = self._fill_many
-
-    def _write_many(self, writes: Any, **kwargs: Any) -> Any:
-        return self.call("write", lambda: self.inner.write_many(writes, **kwargs))
-
-    def _fill_many(self, fills: Any, **kwargs: Any) -> Any:
-        return self.call("fill", lambda: self.inner.fill_many(fills, **kwargs))
 
     def read(self, key: str) -> Row:
         row: Row = self.call("read", lambda: self.inner.read(key))
