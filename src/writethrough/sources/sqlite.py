@@ -81,6 +81,7 @@ class SQLiteSource:
         self._local: Any = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        self._busy: dict[int, int] = {}  # id(connection) -> operations using it now
         # An in-memory database exists per connection: share one, behind a lock.
         self._shared_lock = threading.Lock() if path == ":memory:" else None
         self._closed = False
@@ -266,11 +267,16 @@ class SQLiteSource:
                 conn.execute(f"DELETE FROM {OUTBOX_TABLE} WHERE id IN ({marks})", chunk)
 
     def close(self) -> None:
+        """Close every connection; one that another thread is using is closed by that
+        thread when its operation ends (closing it under a running statement crashes
+        the process). Operations started after close() raise SourceUnavailable."""
         self._closed = True
         with self._all_lock:
+            busy = [conn for conn in self._all if id(conn) in self._busy]
             for conn in self._all:
-                conn.close()
-            self._all.clear()
+                if id(conn) not in self._busy:
+                    conn.close()
+            self._all = busy
         self._local = threading.local()
 
     # -- I/O boundary ------------------------------------------------------------
@@ -281,15 +287,31 @@ class SQLiteSource:
             raise SourceUnavailable("the SQLite source is closed")
         try:
             conn = getattr(self._local, "conn", None) or self._connect()
-            if self._shared_lock is None:
-                yield conn
-            else:
-                with self._shared_lock:
+            self._use(conn, 1)
+            try:
+                if self._shared_lock is None:
                     yield conn
+                else:
+                    with self._shared_lock:
+                        yield conn
+            finally:
+                self._use(conn, -1)
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
         except UnicodeEncodeError:  # a lone surrogate in a key: never reached the database
             raise InvalidKeyError("key is not valid Unicode (lone surrogate)") from None
+
+    def _use(self, conn: sqlite3.Connection, delta: int) -> None:
+        """Count an operation on ``conn`` in or out; the last one out after close() closes it."""
+        with self._all_lock:
+            left = self._busy.get(id(conn), 0) + delta
+            if left > 0:
+                self._busy[id(conn)] = left
+                return
+            self._busy.pop(id(conn), None)
+            if self._closed and conn in self._all:
+                self._all.remove(conn)
+                conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import ConfigError, SourceError, SourceUnavailable
@@ -50,6 +51,7 @@ class SQLiteTableSource:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._busy: dict[int, int] = {}  # id(connection) -> operations using it now
         self._closed = False
         self._sql_read = ""
         self._sql_scan = ""
@@ -58,19 +60,19 @@ class SQLiteTableSource:
     def open(self) -> None:
         if self.claim is not None:
             return
-        conn = self._conn()
-        try:
-            self._adopt(conn)
-        except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+        with self._connection() as conn:
+            try:
+                self._adopt(conn)
+            except sqlite3.Error as exc:
+                raise _map_error(exc, self.path) from exc
 
     def read(self, key: str) -> Row:
-        conn = self._conn()
-        try:
-            epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
-            found = conn.execute(self._sql_read, (key,)).fetchone()
-        except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+        with self._connection() as conn:
+            try:
+                epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
+                found = conn.execute(self._sql_read, (key,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _map_error(exc, self.path) from exc
         self.last_epoch = int(epoch_row[0]) if epoch_row else 0
         if found is None:
             return Row(cache_version(self.last_epoch, 0), None)
@@ -79,21 +81,21 @@ class SQLiteTableSource:
     def read_many(self, keys: Sequence[str]) -> dict[str, Row]:
         """The rows of ``keys`` (absent ones too): the keys joined to the table as ``read``
         compares them (the column's affinity), 500 keys a statement, in one read transaction."""
-        conn = self._conn()
         found: dict[str, tuple[Any, ...]] = {}
-        try:
-            conn.execute("BEGIN")
+        with self._connection() as conn:
             try:
-                epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    marks = ",".join(["(?)"] * len(chunk))
-                    for row in conn.execute(self._sql_read_many.format(marks=marks), chunk):
-                        found[row[0]] = row[1:]
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+                conn.execute("BEGIN")
+                try:
+                    epoch_row = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
+                    for start in range(0, len(keys), 500):
+                        chunk = keys[start : start + 500]
+                        marks = ",".join(["(?)"] * len(chunk))
+                        for row in conn.execute(self._sql_read_many.format(marks=marks), chunk):
+                            found[row[0]] = row[1:]
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _map_error(exc, self.path) from exc
         self.last_epoch = int(epoch_row[0]) if epoch_row else 0
         rows: dict[str, Row] = {}
         for key in keys:
@@ -105,33 +107,35 @@ class SQLiteTableSource:
         return rows
 
     def scan(self, after: str | None, limit: int) -> list[tuple[str, Row]]:
-        conn = self._conn()
-        try:
-            rows = conn.execute(self._sql_scan, (after, after, limit)).fetchall()
-        except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+        with self._connection() as conn:
+            try:
+                rows = conn.execute(self._sql_scan, (after, after, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise _map_error(exc, self.path) from exc
         epoch = self.epoch()
         return [(str(r[0]), Row(cache_version(epoch, int(r[1])), self._payload(r[2:])))
                 for r in rows]
 
     def epoch(self) -> int:
         """The namespace's database epoch (``epochs``)."""
-        try:
-            found = self._conn().execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
-        except sqlite3.Error as exc:
-            raise _map_error(exc, self.path) from exc
+        with self._connection() as conn:
+            try:
+                found = conn.execute(sqlite(PG_EPOCH), (self.namespace,)).fetchone()
+            except sqlite3.Error as exc:
+                raise _map_error(exc, self.path) from exc
         self.last_epoch = int(found[0]) if found else 0
         return self.last_epoch
 
     def bump_epoch(self, reason: str = "flushed", *, everything: bool = False) -> int:
         """Move the namespace's epoch (``everything``: the database's) past every version
         handed out so far."""
-        self.last_epoch = bump_sqlite_epoch(self._conn(), "" if everything else self.namespace,
-                                            reason)
+        with self._connection() as conn:
+            self.last_epoch = bump_sqlite_epoch(conn, "" if everything else self.namespace, reason)
         return self.last_epoch
 
     def release(self) -> None:
-        self._conn().execute(sqlite(PG_RELEASE), (self.namespace,))
+        with self._connection() as conn:
+            conn.execute(sqlite(PG_RELEASE), (self.namespace,))
 
     def write(self, key: str, payload: bytes) -> int:
         raise refuse_write(self.table.name, "write")
@@ -140,11 +144,16 @@ class SQLiteTableSource:
         raise refuse_write(self.table.name, "delete")
 
     def close(self) -> None:
+        """Close every connection; one another thread is using is closed by that thread
+        when its operation ends (closing it under a running statement crashes the
+        process, as in SQLiteSource)."""
         self._closed = True
         with self._lock:
+            busy = [conn for conn in self._all if id(conn) in self._busy]
             for conn in self._all:
-                conn.close()
-            self._all.clear()
+                if id(conn) not in self._busy:
+                    conn.close()
+            self._all = busy
         self._local = threading.local()
 
     def payload_of(self, row: dict[str, Any]) -> bytes:
@@ -159,6 +168,23 @@ class SQLiteTableSource:
         if self.table.value_column is not None:
             return encode_value(values[0])
         return encode_row(dict(zip(self.columns, values, strict=True)))
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted in use while the block runs."""
+        conn = self._conn()
+        with self._lock:
+            self._busy[id(conn)] = self._busy.get(id(conn), 0) + 1
+        try:
+            yield conn
+        finally:
+            with self._lock:
+                left = self._busy.pop(id(conn)) - 1
+                if left:
+                    self._busy[id(conn)] = left
+                elif self._closed and conn in self._all:
+                    self._all.remove(conn)
+                    conn.close()
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
