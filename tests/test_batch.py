@@ -491,9 +491,12 @@ def test_async_batches_and_single_puts_interleaved(redis_srv: Any, tmp_path: Pat
                                            cache=f"{redis_srv.url}?socket_timeout=0.5",
                                            namespace=unique_namespace()) as store:
             keys = [f"k{i}" for i in range(10)]
-            seen: dict[str, int] = {}
 
             async def reader() -> None:
+                # Monotonic for each reader: its next read begins after its last one ended.
+                # (Two readers' calls overlap: one may end with an older answer than the
+                # other's, which is no violation -- a dict shared by both flaked on that.)
+                seen: dict[str, int] = {}
                 for _ in range(40):
                     for key, v in (await store.get_many_versioned(keys)).items():
                         assert v.version >= seen.get(key, 0)
