@@ -33,7 +33,7 @@ for i in range(25):
     time.sleep(0.01 + (i % 5) * 0.01)  # close() lands in the middle of the write
     source.close()
     thread.join()
-    assert not source._all and not source._busy, "a connection left open"
+    assert not source._connections.all and not source._connections.busy, "a connection left open"
 print("ok", sorted(set(errors)))
 """
 
@@ -74,7 +74,7 @@ for i in range(25):
     time.sleep(0.01 + (i % 5) * 0.01)
     source.close()
     thread.join()
-    assert not source._all and not source._busy, "a connection left open"
+    assert not source._connections.all and not source._connections.busy, "a connection left open"
 print("ok")
 """
 

@@ -48,6 +48,43 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
 EXPECTED_COLUMNS = {"namespace", "key", "value", "version"}
 
 
+class Connections:
+    """The connections a SQLite source opened (one per thread) and how many operations
+    use each now: ``close()`` closes the idle ones; one that another thread is running a
+    statement on is closed by the last operation out (closing it under a running
+    statement crashes the interpreter)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.all: list[sqlite3.Connection] = []
+        self.busy: dict[int, int] = {}  # id(connection) -> operations using it now
+        self.closed = False
+
+    def add(self, conn: sqlite3.Connection) -> None:
+        with self.lock:
+            self.all.append(conn)
+
+    def use(self, conn: sqlite3.Connection, delta: int) -> None:
+        """Count an operation on ``conn`` in (+1) or out (-1)."""
+        with self.lock:
+            left = self.busy.get(id(conn), 0) + delta
+            if left > 0:
+                self.busy[id(conn)] = left
+                return
+            self.busy.pop(id(conn), None)
+            if self.closed and conn in self.all:
+                self.all.remove(conn)
+                conn.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            for conn in self.all:
+                if id(conn) not in self.busy:
+                    conn.close()
+            self.all = [conn for conn in self.all if id(conn) in self.busy]
+
+
 class SQLiteSource:
     """Rows of one namespace in a SQLite file.
 
@@ -79,9 +116,7 @@ class SQLiteSource:
         self.busy_timeout = busy_timeout
         self.synchronous = synchronous.upper()
         self._local: Any = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        self._busy: dict[int, int] = {}  # id(connection) -> operations using it now
+        self._connections = Connections()
         # An in-memory database exists per connection: share one, behind a lock.
         self._shared_lock = threading.Lock() if path == ":memory:" else None
         self._closed = False
@@ -271,12 +306,7 @@ class SQLiteSource:
         thread when its operation ends (closing it under a running statement crashes
         the process). Operations started after close() raise SourceUnavailable."""
         self._closed = True
-        with self._all_lock:
-            busy = [conn for conn in self._all if id(conn) in self._busy]
-            for conn in self._all:
-                if id(conn) not in self._busy:
-                    conn.close()
-            self._all = busy
+        self._connections.close()
         self._local = threading.local()
 
     # -- I/O boundary ------------------------------------------------------------
@@ -287,7 +317,7 @@ class SQLiteSource:
             raise SourceUnavailable("the SQLite source is closed")
         try:
             conn = getattr(self._local, "conn", None) or self._connect()
-            self._use(conn, 1)
+            self._connections.use(conn, 1)
             try:
                 if self._shared_lock is None:
                     yield conn
@@ -295,23 +325,11 @@ class SQLiteSource:
                     with self._shared_lock:
                         yield conn
             finally:
-                self._use(conn, -1)
+                self._connections.use(conn, -1)
         except sqlite3.Error as exc:
             raise _map_error(exc, self.path) from exc
         except UnicodeEncodeError:  # a lone surrogate in a key: never reached the database
             raise InvalidKeyError("key is not valid Unicode (lone surrogate)") from None
-
-    def _use(self, conn: sqlite3.Connection, delta: int) -> None:
-        """Count an operation on ``conn`` in or out; the last one out after close() closes it."""
-        with self._all_lock:
-            left = self._busy.get(id(conn), 0) + delta
-            if left > 0:
-                self._busy[id(conn)] = left
-                return
-            self._busy.pop(id(conn), None)
-            if self._closed and conn in self._all:
-                self._all.remove(conn)
-                conn.close()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -326,8 +344,7 @@ class SQLiteSource:
             self._local.conn = conn
         else:  # all threads use the one connection
             self._local = _Everywhere(conn)
-        with self._all_lock:
-            self._all.append(conn)
+        self._connections.add(conn)
         return conn
 
     def _create_or_adopt(self, conn: sqlite3.Connection) -> None:

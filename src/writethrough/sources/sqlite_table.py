@@ -22,7 +22,7 @@ from ..errors import ConfigError, SourceError, SourceUnavailable
 from .base import Row
 from .registry import PG_EPOCH, PG_RELEASE, Claim, Verdict, cache_version, sqlite
 from .rowcodec import encode_row, encode_value
-from .sqlite import _map_error, bump_sqlite_epoch, claim_sqlite_namespace
+from .sqlite import Connections, _map_error, bump_sqlite_epoch, claim_sqlite_namespace
 from .table import Table, refuse_write
 
 
@@ -49,9 +49,7 @@ class SQLiteTableSource:
         self.claim: Claim | None = None
         self.claim_verdict: Verdict | None = None
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._busy: dict[int, int] = {}  # id(connection) -> operations using it now
+        self._connections = Connections()
         self._closed = False
         self._sql_read = ""
         self._sql_scan = ""
@@ -144,16 +142,8 @@ class SQLiteTableSource:
         raise refuse_write(self.table.name, "delete")
 
     def close(self) -> None:
-        """Close every connection; one another thread is using is closed by that thread
-        when its operation ends (closing it under a running statement crashes the
-        process, as in SQLiteSource)."""
         self._closed = True
-        with self._lock:
-            busy = [conn for conn in self._all if id(conn) in self._busy]
-            for conn in self._all:
-                if id(conn) not in self._busy:
-                    conn.close()
-            self._all = busy
+        self._connections.close()  # a connection in use: by its last operation out
         self._local = threading.local()
 
     def payload_of(self, row: dict[str, Any]) -> bytes:
@@ -173,18 +163,11 @@ class SQLiteTableSource:
     def _connection(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection, counted in use while the block runs."""
         conn = self._conn()
-        with self._lock:
-            self._busy[id(conn)] = self._busy.get(id(conn), 0) + 1
+        self._connections.use(conn, 1)
         try:
             yield conn
         finally:
-            with self._lock:
-                left = self._busy.pop(id(conn)) - 1
-                if left:
-                    self._busy[id(conn)] = left
-                elif self._closed and conn in self._all:
-                    self._all.remove(conn)
-                    conn.close()
+            self._connections.use(conn, -1)
 
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
@@ -198,8 +181,7 @@ class SQLiteTableSource:
             except sqlite3.Error as exc:
                 raise _map_error(exc, self.path) from exc
             self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
+            self._connections.add(conn)
         return conn
 
     def _adopt(self, conn: sqlite3.Connection) -> None:
