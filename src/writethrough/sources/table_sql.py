@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from .registry import PG_EPOCH
 from .table import Table
 
 # The relation, its columns in catalog order, and whether the key is unique on its own.
@@ -42,13 +43,9 @@ def read_sql(table: Table, schema: str, name: str, key_type: str,
 
     Parameters: namespace, key (text, cast to the key column's type so its index is used).
     """
-    return sql.SQL(
-        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
-        "WHERE namespace IN ('', %s)), t.{ver}, {payload} FROM (SELECT 1) AS one LEFT JOIN {rel} AS t "
-        "ON t.{key} = CAST(%s AS {ktype})"
-    ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
-             rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
-             ktype=sql.SQL(key_type))
+    return _with_epoch(table, schema, name, key_type, columns,
+                       "t.{ver}, {payload} FROM (SELECT 1) AS one LEFT JOIN {rel} AS t "
+                       "ON t.{key} = CAST(%s AS {ktype})")
 
 
 def read_many_sql(table: Table, schema: str, name: str, key_type: str,
@@ -58,13 +55,9 @@ def read_many_sql(table: Table, schema: str, name: str, key_type: str,
 
     Parameters: namespace, the keys (text[]).
     """
-    return sql.SQL(
-        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
-        "WHERE namespace IN ('', %s)), u.k, t.{ver}, {payload} FROM unnest(%s::text[]) AS u(k) "
-        "LEFT JOIN {rel} AS t ON t.{key} = CAST(u.k AS {ktype})"
-    ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
-             rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
-             ktype=sql.SQL(key_type))
+    return _with_epoch(table, schema, name, key_type, columns,
+                       "u.k, t.{ver}, {payload} FROM unnest(%s::text[]) AS u(k) "
+                       "LEFT JOIN {rel} AS t ON t.{key} = CAST(u.k AS {ktype})")
 
 
 def scan_sql(table: Table, schema: str, name: str, key_type: str,
@@ -73,13 +66,19 @@ def scan_sql(table: Table, schema: str, name: str, key_type: str,
 
     Parameters: namespace, the last key seen (or NULL), the batch size.
     """
-    return sql.SQL(
-        "SELECT (SELECT coalesce(max(epoch), 0) FROM writethrough_epochs "
-        "WHERE namespace IN ('', %s)), t.{key}::text, t.{ver}, {payload} FROM {rel} AS t "
-        "WHERE %s::text IS NULL OR t.{key} > CAST(%s AS {ktype}) ORDER BY t.{key} LIMIT %s"
-    ).format(ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
-             rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
-             ktype=sql.SQL(key_type))
+    return _with_epoch(table, schema, name, key_type, columns,
+                       "t.{key}::text, t.{ver}, {payload} FROM {rel} AS t WHERE %s::text IS "
+                       "NULL OR t.{key} > CAST(%s AS {ktype}) ORDER BY t.{key} LIMIT %s")
+
+
+def _with_epoch(table: Table, schema: str, name: str, key_type: str,
+                columns: tuple[str, ...], rest: str) -> sql.Composed:
+    """``SELECT <the namespace's epoch>, <rest>`` with the table's names filled in; the
+    epoch's parameter (the namespace) comes first."""
+    return sql.SQL("SELECT (" + PG_EPOCH + "), " + rest).format(
+        ver=sql.Identifier(table.version), payload=payload_sql(table, columns),
+        rel=sql.Identifier(schema, name), key=sql.Identifier(table.key),
+        ktype=sql.SQL(key_type))
 
 
 def returning_sql(table: Table, columns: tuple[str, ...], relation: str) -> sql.Composed:
